@@ -1,0 +1,1 @@
+"""RedKnot's Triton kernels, installed as ``redknot_sglang.kernels``."""

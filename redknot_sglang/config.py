@@ -1,0 +1,89 @@
+"""The ``--redknot-*`` flags and the resolved configuration every process reads.
+
+The flags are added to SGLang's own parser (a hook on ``ServerArgs.add_cli_args``); after parsing, a
+hook on ``ServerArgs.from_cli_args`` builds a :class:`RedknotConfig`, checks the head profile
+against the served model, and stores both on ``server_args._redknot``. ``ServerArgs`` is pickled
+into the scheduler subprocesses with its ``_``-prefixed attributes, so every rank reads the same
+configuration from ``get_redknot(server_args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Optional
+
+from redknot_sglang.heads.profile import BUILTIN_ALL_GLOBAL, HeadProfile, ModelFingerprint
+
+BACKEND_NAME = "redknot"
+BASE_BACKENDS = ("auto", "flashinfer", "triton", "torch_native")
+ATTR = "_redknot"
+
+
+@dataclasses.dataclass(frozen=True)
+class RedknotConfig:
+    """Resolved flags. ``profile`` is the validated head profile (all-global by default)."""
+
+    profile_source: str
+    profile: HeadProfile
+    base_backend: str = "auto"
+
+    def resolve_base_backend(self, device: Optional[str]) -> str:
+        """The SGLang backend whose kernels serve the global heads (and all heads when the
+        profile is all-global): FlashInfer on CUDA, torch_native on CPU, unless set."""
+        if self.base_backend != "auto":
+            return self.base_backend
+        return "flashinfer" if str(device or "cuda").startswith("cuda") else "torch_native"
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("redknot (head-aware KV cache)")
+    group.add_argument(
+        "--redknot-head-profile",
+        default=BUILTIN_ALL_GLOBAL,
+        metavar="PATH|all-global",
+        help="Head profile JSON (which KV heads are global/local, their window and sink), made "
+        "by `python -m redknot_sglang.profile`; `all-global` (default) serves exactly as dense.",
+    )
+    group.add_argument(
+        "--redknot-base-backend",
+        default="auto",
+        choices=BASE_BACKENDS,
+        help="SGLang attention kernels used for global heads: auto = flashinfer on CUDA, "
+        "torch_native on CPU.",
+    )
+
+
+def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context_len: Optional[int]) -> RedknotConfig:
+    """Build and validate the configuration; raises ``ProfileError`` with a message naming the
+    offending layer/head/field."""
+    source = args.redknot_head_profile
+    if source == BUILTIN_ALL_GLOBAL:
+        profile = HeadProfile.all_global(served)
+    else:
+        profile = HeadProfile.load(source)
+    profile.check_model(served, context_len=context_len)
+    return RedknotConfig(profile_source=source, profile=profile, base_backend=args.redknot_base_backend)
+
+
+def attach(server_args: Any, args: argparse.Namespace) -> RedknotConfig:
+    """Validate the flags in ``args`` against ``server_args``' model and store the result."""
+    from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
+
+    served = fingerprint_of_model_path(
+        server_args.model_path, trust_remote_code=server_args.trust_remote_code
+    )
+    cfg = config_from_args(args, served, context_len=server_args.context_length)
+    setattr(server_args, ATTR, cfg)
+    return cfg
+
+
+def get_redknot(server_args: Any) -> RedknotConfig:
+    """The configuration stored by :func:`attach`; servers built without the CLI (``sgl.Engine``)
+    get the defaults (all-global profile)."""
+    cfg = getattr(server_args, ATTR, None)
+    if cfg is None:
+        parser = argparse.ArgumentParser()
+        add_cli_args(parser)
+        cfg = attach(server_args, parser.parse_args([]))
+    return cfg

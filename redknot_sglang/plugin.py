@@ -1,0 +1,72 @@
+"""The ``sglang.srt.plugins`` entry point: registers RedKnot through SGLang's own hooks.
+
+SGLang calls :func:`register` in the launcher before it parses the command line, and again in every
+scheduler subprocess before the model runner is built. Everything here is idempotent and cheap: the
+heavy modules (pools, kernels) are imported by the factories, when a server actually selects
+``--attention-backend redknot`` / ``--radix-cache-backend redknot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+from redknot_sglang.config import BACKEND_NAME, add_cli_args, attach
+from redknot_sglang.heads.profile import ProfileError
+
+_SERVER_ARGS = "sglang.srt.server_args.ServerArgs."
+
+
+def _add_cli_args(original: Callable[[argparse.ArgumentParser], None], parser: argparse.ArgumentParser) -> None:
+    original(parser)
+    add_cli_args(parser)
+
+
+def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namespace) -> Any:
+    server_args = original(cls, args)
+    if hasattr(args, "redknot_head_profile"):
+        try:
+            attach(server_args, args)
+        except ProfileError as e:
+            # A clean one-line exit instead of a traceback: the user's input is wrong, not us.
+            raise SystemExit(f"redknot: {e}") from None
+    return server_args
+
+
+def _create_attention_backend(model_runner: Any) -> Any:
+    from redknot_sglang.attention import create_attention_backend
+
+    return create_attention_backend(model_runner)
+
+
+def _create_tree_cache(ctx: Any) -> Any:
+    from redknot_sglang.cache import create_tree_cache
+
+    return create_tree_cache(ctx)
+
+
+def register() -> None:
+    from sglang.srt.layers.attention.attention_registry import (
+        ATTENTION_BACKENDS,
+        register_attention_backend,
+    )
+    from sglang.srt.mem_cache.registry import (
+        get_radix_cache_factory,
+        register_radix_cache_backend,
+    )
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+
+    from redknot_sglang.hooks import backend_name, cpu_rope
+
+    if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
+        return
+    HookRegistry.register(_SERVER_ARGS + "add_cli_args", _add_cli_args, HookType.AROUND)
+    HookRegistry.register(_SERVER_ARGS + "from_cli_args", _from_cli_args, HookType.AROUND)
+    HookRegistry.register(backend_name.TARGET, backend_name.support_triton, HookType.AROUND)
+    HookRegistry.register(cpu_rope.TARGET, cpu_rope.rope_init, HookType.AROUND)
+    register_attention_backend(BACKEND_NAME)(_create_attention_backend)
+    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([BACKEND_NAME])
+    if get_radix_cache_factory(BACKEND_NAME) is None:
+        register_radix_cache_backend(BACKEND_NAME, _create_tree_cache)

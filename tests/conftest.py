@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    from redknot_sglang.testing.models import smollm2_dir
+
+    return smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_fingerprint(smollm2):
+    from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
+
+    return fingerprint_of_model_path(str(smollm2))
+
+
+@pytest.fixture
+def tmp_profile(tmp_path):
+    """Write a profile (HeadProfile or raw JSON text) and return its path."""
+
+    def write(profile, name="p.json"):
+        path = tmp_path / name
+        if isinstance(profile, str):
+            path.write_text(profile)
+        else:
+            profile.save(path)
+        return path
+
+    return write
