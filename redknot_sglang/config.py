@@ -20,6 +20,10 @@ BASE_BACKENDS = ("auto", "flashinfer", "triton", "torch_native")
 ATTR = "_redknot"
 
 
+class ConfigError(ValueError):
+    """A ``--redknot-*`` flag value that cannot be served."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RedknotConfig:
     """Resolved flags. ``profile`` is the validated head profile (all-global by default)."""
@@ -27,6 +31,8 @@ class RedknotConfig:
     profile_source: str
     profile: HeadProfile
     base_backend: str = "auto"
+    window_pool_ratio: Optional[float] = None
+    sink_cache_blocks: int = 32
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -52,6 +58,19 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="SGLang attention kernels used for global heads: auto = flashinfer on CUDA, "
         "torch_native on CPU.",
     )
+    group.add_argument(
+        "--redknot-window-pool-ratio",
+        type=float,
+        default=None,
+        help="Window-pool slots per full-pool slot (local heads' KV vs global heads'); default "
+        "(window + 128 + page) / context length, which fits requests of the context length.",
+    )
+    group.add_argument(
+        "--redknot-sink-cache-blocks",
+        type=int,
+        default=32,
+        help="Cached sink copies (local heads' first tokens) for prefix reuse.",
+    )
 
 
 def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context_len: Optional[int]) -> RedknotConfig:
@@ -63,7 +82,17 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
     else:
         profile = HeadProfile.load(source)
     profile.check_model(served, context_len=context_len)
-    return RedknotConfig(profile_source=source, profile=profile, base_backend=args.redknot_base_backend)
+    if args.redknot_window_pool_ratio is not None and not 0 < args.redknot_window_pool_ratio <= 1:
+        raise ConfigError(f"--redknot-window-pool-ratio must be in (0, 1], got {args.redknot_window_pool_ratio}")
+    if args.redknot_sink_cache_blocks < 0:
+        raise ConfigError(f"--redknot-sink-cache-blocks must be >= 0, got {args.redknot_sink_cache_blocks}")
+    return RedknotConfig(
+        profile_source=source,
+        profile=profile,
+        base_backend=args.redknot_base_backend,
+        window_pool_ratio=args.redknot_window_pool_ratio,
+        sink_cache_blocks=args.redknot_sink_cache_blocks,
+    )
 
 
 def attach(server_args: Any, args: argparse.Namespace) -> RedknotConfig:

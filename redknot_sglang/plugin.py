@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from redknot_sglang.config import BACKEND_NAME, add_cli_args, attach
+from redknot_sglang.config import BACKEND_NAME, ConfigError, add_cli_args, attach
 from redknot_sglang.heads.profile import ProfileError
 
 _SERVER_ARGS = "sglang.srt.server_args.ServerArgs."
@@ -27,7 +27,7 @@ def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Names
     if hasattr(args, "redknot_head_profile"):
         try:
             attach(server_args, args)
-        except ProfileError as e:
+        except (ProfileError, ConfigError) as e:
             # A clean one-line exit instead of a traceback: the user's input is wrong, not us.
             raise SystemExit(f"redknot: {e}") from None
     return server_args
@@ -57,7 +57,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
-    from redknot_sglang.hooks import backend_name, cpu_rope
+    from redknot_sglang.hooks import backend_name, cpu_rope, head_split
 
     if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
         return
@@ -65,6 +65,13 @@ def register() -> None:
     HookRegistry.register(_SERVER_ARGS + "from_cli_args", _from_cli_args, HookType.AROUND)
     HookRegistry.register(backend_name.TARGET, backend_name.support_triton, HookType.AROUND)
     HookRegistry.register(cpu_rope.TARGET, cpu_rope.rope_init, HookType.AROUND)
+    for target, hook in (
+        (head_split.MODEL_CONFIG, head_split.model_config_from_server_args),
+        (head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator),
+        (head_split.BUILD_POOL, head_split.build_token_to_kv_pool),
+        (head_split.ALLOC_EXTEND, head_split.alloc_for_extend),
+    ):
+        HookRegistry.register(target, hook, HookType.AROUND)
     register_attention_backend(BACKEND_NAME)(_create_attention_backend)
     if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
         add_attention_backend_choices([BACKEND_NAME])

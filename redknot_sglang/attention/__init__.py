@@ -24,13 +24,24 @@ def rank_layout(model_runner: Any) -> RankHeadLayout:
 
 
 def create_attention_backend(model_runner: Any) -> Any:
-    """An all-global profile is served by the base backend itself (same kernels as stock)."""
+    """An all-global profile is served by the base backend itself (same kernels as stock); with
+    local heads, the model's heads are reordered (global first) and the head-split backend runs
+    the base backend on the global group and the SegPaged kernels on the local group."""
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    from redknot_sglang.hooks.head_split import head_split_config
 
     cfg = get_redknot(model_runner.server_args)
     base = cfg.resolve_base_backend(str(model_runner.device))
-    layout = rank_layout(model_runner)
-    logger.warning("redknot: %s; base backend %s", layout.summary(), base)
-    if layout.all_global:
+    if head_split_config(model_runner.server_args) is None:
+        logger.warning("redknot: all heads global; base backend %s", base)
         return ATTENTION_BACKENDS[base](model_runner)
-    raise NotImplementedError("redknot: profiles with local heads need the head-split backend")
+    if base == "flashinfer":
+        base = "triton"  # FlashInfer plans fix one head count per wrapper; SGLang's Triton kernels take any
+    from redknot_sglang.attention.head_split import HeadSplitAttnBackend
+    from redknot_sglang.model.permute import permute_kv_heads
+
+    layout = rank_layout(model_runner)
+    changed = permute_kv_heads(model_runner.model, layout)
+    logger.warning("redknot: %s; %d layers reordered; global heads on %s", layout.summary(), changed, base)
+    return HeadSplitAttnBackend(model_runner, layout, base)

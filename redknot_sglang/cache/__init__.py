@@ -6,7 +6,21 @@ from typing import Any
 
 
 def create_tree_cache(ctx: Any) -> Any:
-    """With an all-global profile the pool is SGLang's own, so is the tree cache."""
+    """SGLang's own cache over SGLang's own pool for an all-global profile; the head-split radix
+    tree over the head-split pool otherwise (SGLang's chunk cache when the radix cache is off)."""
     from sglang.srt.mem_cache.registry import default_radix_cache_factory
 
-    return default_radix_cache_factory(ctx)
+    from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
+
+    pool = ctx.params.token_to_kv_pool_allocator.get_kvcache()
+    if not isinstance(pool, HeadSplitKVPool) or ctx.disable_radix_cache:
+        return default_radix_cache_factory(ctx)
+    from sglang.srt.mem_cache.unified_cache.components import ComponentType
+
+    from redknot_sglang.cache.head_split_cache import HeadSplitRadixCache
+    from redknot_sglang.config import get_redknot
+    from redknot_sglang.mem.sink_cache import SinkCache
+
+    ctx.params.tree_components = (ComponentType.FULL, ComponentType.SWA)
+    sinks = SinkCache(get_redknot(ctx.server_args).sink_cache_blocks, pool.sink)
+    return HeadSplitRadixCache(ctx.params, pool, sinks)

@@ -34,6 +34,11 @@ class LayerHeads:
     def num_local(self) -> int:
         return len(self.perm) - self.num_global
 
+    @property
+    def max_keys(self) -> int:
+        """Most keys a local head of this layer reads for one query (sink + window)."""
+        return max((w + s for w, s in zip(self.window, self.sink)), default=0)
+
 
 def kv_heads_of_rank(num_kv_heads: int, tp_rank: int, tp_size: int) -> tuple[int, ...]:
     """Checkpoint indices of the KV heads that ``tp_rank`` holds (SGLang's QKVParallelLinear rule)."""

@@ -49,6 +49,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/sglang-{self.port}.log")
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env.pop("TRITON_INTERPRET", None)  # tests set it for kernels; servers run real Triton or none
         self.timeout_s = timeout_s
         self.proc: Optional[subprocess.Popen] = None
         self.startup_s: Optional[float] = None

@@ -1,0 +1,258 @@
+"""SegPaged attention for local heads: Triton kernels over a request's sink row and window slots.
+
+Local head ``h`` (window ``W_h``, sink ``S_h``) at query position ``i`` attends to::
+
+    sink keys    p in [0, min(S_h, i + 1))          read from  k_sink[row, p, h]
+    window keys  p in [max(S_h, i - W_h + 1), i]    read from  k_win[map[req_to_token[row, p]], h]
+
+No mask tensor exists: each program visits only those two ranges (boundary tiles compare
+positions in registers), so the bytes read are the sink and the window, whatever the context
+length. One launch serves all local heads of a layer, every request of the batch: programs are
+``(request, kv head[, split | query block])``; a GQA group of query heads shares each K/V tile.
+
+* :func:`segpaged_decode`: one query per request, split over the key range (flash-decoding) so
+  small batches still fill the GPU, then a reduce over splits.
+* :func:`segpaged_extend`: ``q_lens[b]`` queries per request (their K/V already stored).
+
+Shapes: ``q``/``o`` ``[tokens, Hq_local, D]`` (any strides, e.g. a head slice of the layer's q),
+``k_win``/``v_win`` ``[window slots, H_local, D]``, ``k_sink``/``v_sink``
+``[rows + 1, S_max, H_local, D]``, ``req_to_token`` ``[rows + 1, ctx]`` int32, ``full_to_swa``
+int64; ``rows``/``seq_lens`` per request; ``window``/``sink`` int32 per local head.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h, offs_d, mask_d,
+             s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t):
+    """K and V ``[BLOCK_N, D]`` of positions ``pos`` of one request and KV head: sink row where
+    ``in_sink``, window slots where ``in_win``, zeros elsewhere."""
+    full = tl.load(Req2Tok + row * s_r2t + pos, mask=in_win, other=0)
+    slot = tl.load(Map + full, mask=in_win, other=0)
+    sink_off = row * s_sr + pos[:, None] * s_sp + h * s_sh + offs_d[None, :]
+    win_off = slot[:, None] * s_wn + h * s_wh + offs_d[None, :]
+    m_sink = in_sink[:, None] & mask_d[None, :]
+    m_win = in_win[:, None] & mask_d[None, :]
+    k = tl.load(K_sink + sink_off, mask=m_sink, other=0.0) + tl.load(K_win + win_off, mask=m_win, other=0.0)
+    v = tl.load(V_sink + sink_off, mask=m_sink, other=0.0) + tl.load(V_win + win_off, mask=m_win, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _decode_split(
+    Q, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, Win, Sink, MidO, MidLse,
+    sm_scale,
+    s_qb, s_qh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t, s_mob, s_moh, s_mos, s_mlb, s_mlh,
+    GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    split = tl.program_id(2)
+    row = tl.load(Rows + b)
+    seq = tl.load(SeqLens + b)
+    W = tl.load(Win + h)
+    S = tl.load(Sink + h)
+    n_sink = tl.minimum(S, seq)
+    win_lo = tl.maximum(S, seq - W)
+    n = n_sink + tl.maximum(seq - win_lo, 0)
+    per_split = tl.cdiv(tl.cdiv(n, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(n, start + per_split)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(Q + b * s_qb + (h * GROUP + offs_h)[:, None] * s_qh + offs_d[None, :],
+                mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for t0 in range(start, end, BLOCK_N):
+        t = t0 + tl.arange(0, BLOCK_N)
+        valid = t < end
+        in_sink = valid & (t < n_sink)
+        in_win = valid & (t >= n_sink)
+        pos = tl.where(t < n_sink, t, win_lo + t - n_sink)
+        k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h,
+                        offs_d, mask_d, s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    qh = h * GROUP + offs_h
+    tl.store(MidO + b * s_mob + qh[:, None] * s_moh + split * s_mos + offs_d[None, :], out,
+             mask=mask_h[:, None] & mask_d[None, :])
+    tl.store(MidLse + b * s_mlb + qh * s_mlh + split, lse, mask=mask_h)
+
+
+@triton.jit
+def _decode_reduce(
+    MidO, MidLse, O,
+    s_mob, s_moh, s_mos, s_mlb, s_mlh, s_ob, s_oh,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    b = tl.program_id(0)
+    qh = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < NUM_SPLITS
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    lse = tl.load(MidLse + b * s_mlb + qh * s_mlh + offs_s, mask=mask_s, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
+    parts = tl.load(MidO + b * s_mob + qh * s_moh + offs_s[:, None] * s_mos + offs_d[None, :],
+                    mask=mask_s[:, None] & mask_d[None, :], other=0.0)
+    out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(O + b * s_ob + qh * s_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _extend(
+    Q, O, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, QStart, QLens, Win, Sink,
+    sm_scale,
+    s_qt, s_qh, s_ot, s_oh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    m0 = tl.program_id(2) * BLOCK_M
+    q_len = tl.load(QLens + b)
+    if m0 >= q_len:
+        return
+    row = tl.load(Rows + b)
+    seq = tl.load(SeqLens + b)
+    q_start = tl.load(QStart + b)
+    W = tl.load(Win + h)
+    S = tl.load(Sink + h)
+    first = seq - q_len  # position of the request's first query
+
+    ROWS: tl.constexpr = BLOCK_M * GROUP
+    offs_r = tl.arange(0, ROWS)
+    qi = m0 + offs_r // GROUP  # query index within the request
+    qh = h * GROUP + offs_r % GROUP
+    mask_r = qi < q_len
+    qpos = first + qi
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(Q + (q_start + qi)[:, None] * s_qt + qh[:, None] * s_qh + offs_d[None, :],
+                mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+    last = first + tl.minimum(m0 + BLOCK_M, q_len) - 1  # last query position of this block
+
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    # two key ranges: the sink, then the window of this block's queries
+    sink_end = tl.minimum(S, last + 1)
+    win_lo = tl.maximum(S, first + m0 - W + 1)
+    for part in tl.static_range(2):
+        if part == 0:
+            lo = 0
+            hi = sink_end
+        else:
+            lo = win_lo
+            hi = last + 1
+        for p0 in range(lo, hi, BLOCK_N):
+            pos = p0 + tl.arange(0, BLOCK_N)
+            valid = pos < hi
+            k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos,
+                            valid & (part == 0), valid & (part == 1), h, offs_d, mask_d,
+                            s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t)
+            qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
+            seen = valid[None, :] & (pos[None, :] <= qpos[:, None])
+            if part == 1:
+                seen = seen & (pos[None, :] >= qpos[:, None] - W + 1)
+            qk = tl.where(seen, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(qk - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(O + (q_start + qi)[:, None] * s_ot + qh[:, None] * s_oh + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=mask_r[:, None] & mask_d[None, :])
+
+
+def _common(q: torch.Tensor, k_win: torch.Tensor) -> tuple[int, int, int]:
+    group = q.shape[1] // k_win.shape[1]
+    if q.shape[1] != group * k_win.shape[1]:
+        raise ValueError(f"{q.shape[1]} query heads do not group over {k_win.shape[1]} KV heads")
+    head_dim = q.shape[-1]
+    return group, head_dim, triton.next_power_of_2(head_dim)
+
+
+def decode_num_splits(batch: int, local_heads: int, max_keys: int, block_n: int = 64, target_programs: int = 264) -> int:
+    """Key splits per (request, head) so that a decode launch has about ``target_programs``
+    programs (two per SM of an H100/H200), never more splits than key tiles."""
+    wanted = -(-target_programs // max(1, batch * local_heads))
+    return max(1, min(wanted, -(-max_keys // block_n)))
+
+
+def segpaged_decode(
+    q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
+    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor,
+    rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor, sink: torch.Tensor,
+    sm_scale: float, max_keys: int, num_splits: int | None = None,
+) -> torch.Tensor:
+    """One query per request (``q``/``o`` ``[batch, Hq_local, D]``); ``max_keys`` bounds
+    ``sink + window`` over the heads (it only sets the split count)."""
+    group, head_dim, block_d = _common(q, k_win)
+    batch, local_heads = q.shape[0], k_win.shape[1]
+    block_n = 64
+    splits = num_splits or decode_num_splits(batch, local_heads, max_keys, block_n)
+    mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
+    mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
+    _decode_split[(batch, local_heads, splits)](
+        q, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, window, sink,
+        mid_o, mid_lse, sm_scale,
+        q.stride(0), q.stride(1), k_win.stride(0), k_win.stride(1),
+        k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=block_d, HEAD_DIM=head_dim, NUM_SPLITS=splits, num_warps=4, num_stages=2,
+    )
+    _decode_reduce[(batch, q.shape[1])](
+        mid_o, mid_lse, o,
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        o.stride(0), o.stride(1),
+        NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, HEAD_DIM=head_dim,
+    )
+    return o
+
+
+def segpaged_extend(
+    q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
+    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor,
+    rows: torch.Tensor, seq_lens: torch.Tensor, q_starts: torch.Tensor, q_lens: torch.Tensor,
+    max_q_len: int, window: torch.Tensor, sink: torch.Tensor, sm_scale: float,
+) -> torch.Tensor:
+    """``q_lens[b]`` queries per request at token offset ``q_starts[b]`` of ``q``/``o``, positions
+    ``[seq_lens[b] - q_lens[b], seq_lens[b])``; their K/V must already be stored."""
+    group, head_dim, block_d = _common(q, k_win)
+    block_m = max(1, 64 // group) if head_dim <= 64 else max(1, 32 // group)
+    grid = (rows.shape[0], k_win.shape[1], triton.cdiv(max_q_len, block_m))
+    _extend[grid](
+        q, o, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, q_starts, q_lens,
+        window, sink, sm_scale,
+        q.stride(0), q.stride(1), o.stride(0), o.stride(1), k_win.stride(0), k_win.stride(1),
+        k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, HEAD_DIM=head_dim,
+        num_warps=4, num_stages=2,
+    )
+    return o

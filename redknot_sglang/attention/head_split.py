@@ -1,0 +1,163 @@
+"""``HeadSplitAttnBackend``: one layer's attention as two launches, one per head class.
+
+Per layer, after the load-time permutation, query heads ``[0, G*grp)`` read global KV heads
+``[0, G)`` and the rest read local heads::
+
+    q heads:  | global group: G*grp heads      | local group: (H-G)*grp heads           |
+    kernels:  | SGLang's base backend (Triton / | SegPaged: sink row + window slots,     |
+              | torch_native) over full slots   | Triton on CUDA, torch on CPU           |
+
+The base backend is SGLang's own class, built over the head-split pool (whose ``get_key_buffer``
+returns the global heads' buffers) and called with a copy of the layer whose head counts are the
+global group's; it keeps its metadata, CUDA-graph state and kernels. New K/V are stored once, here:
+global heads into full slots, local heads into window slots and (positions below the sink) into the
+request's sink row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Optional
+
+import torch
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+from redknot_sglang.attention.local_torch import local_attention_torch
+from redknot_sglang.heads.layout import RankHeadLayout
+from redknot_sglang.mem.head_split_pool import HeadSplitKVPool, sink_targets
+
+
+@contextlib.contextmanager
+def _without_sliding_window(model_runner: Any):
+    """Build the base backend as for a dense model: its layers have no window of their own."""
+    saved = model_runner.sliding_window_size
+    model_runner.sliding_window_size = None
+    try:
+        yield
+    finally:
+        model_runner.sliding_window_size = saved
+
+
+class HeadSplitAttnBackend(AttentionBackend):
+    def __init__(self, model_runner: Any, layout: RankHeadLayout, base_backend: str):
+        from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+        super().__init__()
+        self.layout = layout
+        self.token_to_kv_pool: HeadSplitKVPool = model_runner.token_to_kv_pool
+        self.req_to_token_pool = model_runner.req_to_token_pool
+        if not isinstance(self.token_to_kv_pool, HeadSplitKVPool):
+            raise RuntimeError("redknot: local heads need --radix-cache-backend redknot's head-split pool")
+        with _without_sliding_window(model_runner):
+            self.base = ATTENTION_BACKENDS[base_backend](model_runner)
+        self.device = model_runner.device
+        self.on_cuda = str(self.device).startswith("cuda")
+        self.sink = self.token_to_kv_pool.sink
+        self.windows = [torch.tensor(lh.window, dtype=torch.int32, device=self.device) for lh in layout.layers]
+        self.sinks = [torch.tensor(lh.sink, dtype=torch.int32, device=self.device) for lh in layout.layers]
+        self._global_layers: dict[int, Any] = {}
+        self._extend_rows: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ metadata
+    def init_forward_metadata(self, forward_batch: Any) -> None:
+        self.token_to_kv_pool.flush_sink_copies()
+        self.base.init_forward_metadata(forward_batch)
+        if forward_batch.forward_mode.is_extend():
+            self._extend_rows = torch.repeat_interleave(
+                forward_batch.req_pool_indices, forward_batch.extend_seq_lens
+            )
+
+    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
+        self.token_to_kv_pool.flush_sink_copies()
+        self.base.init_forward_metadata_out_graph(forward_batch, in_capture)
+
+    def init_forward_metadata_in_graph(self, forward_batch: Any) -> None:
+        self.base.init_forward_metadata_in_graph(forward_batch)
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        self.base.init_cuda_graph_state(max_bs, max_num_tokens)
+
+    def get_cuda_graph_seq_len_fill_value(self) -> int:
+        return self.base.get_cuda_graph_seq_len_fill_value()
+
+    # ------------------------------------------------------------------ forward
+    def _global_layer(self, layer: Any) -> Any:
+        """The layer as the base backend should see it: only the global group's heads."""
+        g = self._global_layers.get(layer.layer_id)
+        if g is None:
+            heads = self.layout.layers[layer.layer_id]
+            group = layer.tp_q_head_num // layer.tp_k_head_num
+            g = copy.copy(layer)
+            g.tp_q_head_num = heads.num_global * group
+            g.tp_k_head_num = g.tp_v_head_num = heads.num_global
+            self._global_layers[layer.layer_id] = g
+        return g
+
+    def _store(self, layer: Any, forward_batch: Any, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> None:
+        pool = self.token_to_kv_pool
+        loc = forward_batch.out_cache_loc
+        pool.set_kv_buffer(layer, KVWriteLoc(loc, pool.translate_loc_from_full_to_swa(loc)), k, v)
+        if self.sink:
+            g = self.layout.layers[layer.layer_id].num_global
+            srows, spos = sink_targets(rows, forward_batch.positions, self.sink)
+            pool.store_sink(layer.layer_id, srows, spos, k[:, g:], v[:, g:])
+
+    def _forward(self, q, k, v, layer, forward_batch, save_kv_cache: bool, decode: bool) -> torch.Tensor:
+        heads = self.layout.layers[layer.layer_id]
+        group = layer.tp_q_head_num // layer.tp_k_head_num
+        d = layer.head_dim
+        if save_kv_cache and k is not None:
+            k = k.view(-1, layer.tp_k_head_num, d)
+            v = v.view(-1, layer.tp_v_head_num, d)
+            rows = forward_batch.req_pool_indices if decode else self._extend_rows
+            self._store(layer, forward_batch, k, v, rows)
+        q3 = q.view(-1, layer.tp_q_head_num, d)
+        o = torch.empty_like(q3)
+        ng = heads.num_global * group
+        if heads.num_global:
+            base_fwd = self.base.forward_decode if decode else self.base.forward_extend
+            kg = None if k is None else k[:, : heads.num_global]
+            vg = None if v is None else v[:, : heads.num_global]
+            out = base_fwd(q3[:, :ng].reshape(q3.shape[0], -1), kg, vg, self._global_layer(layer),
+                           forward_batch, save_kv_cache=False)
+            o[:, :ng] = out.view(q3.shape[0], ng, d)
+        if heads.num_local:
+            self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode)
+        return o.view(q.shape[0], -1)
+
+    def _local(self, q: torch.Tensor, o: torch.Tensor, layer: Any, forward_batch: Any, decode: bool) -> None:
+        pool = self.token_to_kv_pool
+        lid = layer.layer_id
+        k_win, v_win, k_sink, v_sink = pool.local_buffers(lid)
+        heads = self.layout.layers[lid]
+        if self.on_cuda:
+            from redknot_sglang.kernels import segpaged
+
+            common = (q, o, k_win, v_win, k_sink, v_sink, self.req_to_token_pool.req_to_token,
+                      pool.full_to_swa_index_mapping, forward_batch.req_pool_indices, forward_batch.seq_lens)
+            if decode:
+                segpaged.segpaged_decode(*common, self.windows[lid], self.sinks[lid], layer.scaling,
+                                         heads.max_keys)
+            else:
+                segpaged.segpaged_extend(*common, forward_batch.extend_start_loc, forward_batch.extend_seq_lens,
+                                         max(forward_batch.extend_seq_lens_cpu), self.windows[lid],
+                                         self.sinks[lid], layer.scaling)
+            return
+        seq_lens = forward_batch.seq_lens.tolist()
+        q_lens = [1] * len(seq_lens) if decode else forward_batch.extend_seq_lens.tolist()
+        local_attention_torch(
+            q, o, k_win, v_win, k_sink, v_sink, self.req_to_token_pool.req_to_token,
+            pool.full_to_swa_index_mapping, forward_batch.req_pool_indices.tolist(), seq_lens, q_lens,
+            heads.window, heads.sink, layer.scaling,
+        )
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        return self._forward(q, k, v, layer, forward_batch, save_kv_cache, decode=False)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        return self._forward(q, k, v, layer, forward_batch, save_kv_cache, decode=True)
+
+    def support_triton(self) -> bool:
+        return self.base.support_triton()

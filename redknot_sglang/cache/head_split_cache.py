@@ -1,0 +1,102 @@
+"""``HeadSplitRadixCache``: SGLang's unified radix tree (full + sliding-window components) over the
+head-split pool, plus the local heads' sinks.
+
+The tree itself is SGLang's: global heads' KV lives in full slots that the tree keeps until
+eviction; local heads' KV lives in window slots that the tree's SWA component tombstones once they
+fall out of the window, and a prefix matches only where its trailing window is still held. What the
+tree does not know is the sink, the first ``S`` tokens a local head always reads. Here:
+
+* a match is accepted only if it covers the sink and the sink's K/V is in the
+  :class:`~redknot_sglang.mem.sink_cache.SinkCache`; otherwise it is dropped to a miss and the
+  request recomputes (never reads a missing sink);
+* once a batch has its rows, a request that reuses a prefix gets the cached sink copied into its
+  sink row (:meth:`on_extend_allocated`);
+* when a request's tokens enter the tree and its sink is complete, the sink is published into a
+  block for later requests.
+
+Row ownership: ``_row_filled[row]`` is the ``req_to_token`` row generation whose sink the row holds;
+SGLang bumps the generation each time it hands the row to a request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult, zero_match_result
+from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
+from redknot_sglang.mem.sink_cache import SinkCache
+
+
+def first_tokens(req: Any, n: int) -> Sequence[int]:
+    head = req.origin_input_ids[:n]
+    if len(head) < n:
+        head = list(head) + list(req.output_ids[: n - len(head)])
+    return head
+
+
+class HeadSplitRadixCache(UnifiedRadixCache):
+    def __init__(self, params: Any, pool: HeadSplitKVPool, sinks: SinkCache):
+        super().__init__(params)
+        self.pool = pool
+        self.sinks = sinks
+        self._row_filled: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ match
+    def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        result = super().match_prefix(params)
+        matched = len(result.device_indices)
+        if matched == 0 or self.sinks.sink == 0:
+            return result
+        key = self.sinks.key(params.key.token_ids, params.key.extra_key)
+        if matched >= self.sinks.sink and self.sinks.lookup(key) is not None:
+            return result
+        return zero_match_result(self, result, extra_key=params.key.extra_key)
+
+    # ------------------------------------------------------------------ rows
+    def _generation(self, row: int) -> int:
+        return int(self.req_to_token_pool.req_generation[row])
+
+    def on_extend_allocated(self, batch: Any) -> None:
+        """Give each request of a new extend batch its sink: computed by the batch itself (no
+        prefix), already in its row (a later chunk), or copied from the cache (a reused prefix)."""
+        if self.sinks.sink == 0:
+            return
+        for req, prefix_len in zip(batch.reqs, batch.prefix_lens):
+            row, gen = req.req_pool_idx, self._generation(req.req_pool_idx)
+            if self._row_filled.get(row) == gen:
+                continue
+            if prefix_len == 0:
+                self._row_filled[row] = gen
+                continue
+            block = self.sinks.lookup(self.sinks.key(first_tokens(req, self.sinks.sink), req.extra_key))
+            if block is None or prefix_len < self.sinks.sink:
+                raise RuntimeError(
+                    f"redknot: request {req.rid} reuses {prefix_len} tokens without a cached sink"
+                )
+            self.pool.queue_sink_copy(row=row, block=block, to_block=False)
+            self._row_filled[row] = gen
+
+    def _publish_sink(self, req: Any, computed_len: int) -> None:
+        row = req.req_pool_idx
+        if (
+            self.sinks.sink == 0
+            or computed_len < self.sinks.sink
+            or self._row_filled.get(row) != self._generation(row)
+        ):
+            return
+        block = self.sinks.publish(self.sinks.key(first_tokens(req, self.sinks.sink), req.extra_key))
+        if block is not None:
+            self.pool.queue_sink_copy(row=row, block=block, to_block=True)
+
+    # ------------------------------------------------------------------ insert
+    def cache_unfinished_req(self, req: Any, chunked: bool = False, **kwargs: Any) -> None:
+        if not self.disable:
+            self._publish_sink(req, len(req.get_fill_ids()))
+        super().cache_unfinished_req(req, chunked=chunked, **kwargs)
+
+    def cache_finished_req(self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int, **kwargs: Any) -> None:
+        if is_insert and not self.disable:
+            self._publish_sink(req, kv_len_to_handle)
+        super().cache_finished_req(req, is_insert=is_insert, kv_len_to_handle=kv_len_to_handle, **kwargs)

@@ -1,0 +1,1 @@
+"""Changes to the served model's weights (head order)."""
