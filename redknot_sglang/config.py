@@ -2,7 +2,7 @@
 
 The flags are added to SGLang's own parser (a hook on ``ServerArgs.add_cli_args``); after parsing, a
 hook on ``ServerArgs.from_cli_args`` builds a :class:`RedknotConfig`, checks the head profile
-against the served model, and stores both on ``server_args._redknot``. ``ServerArgs`` is pickled
+against the served model, and stores it on ``server_args._redknot``. ``ServerArgs`` is pickled
 into the scheduler subprocesses with its ``_``-prefixed attributes, so every rank reads the same
 configuration from ``get_redknot(server_args)``.
 """
@@ -95,24 +95,26 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
     )
 
 
-def attach(server_args: Any, args: argparse.Namespace) -> RedknotConfig:
-    """Validate the flags in ``args`` against ``server_args``' model and store the result."""
+def build_config(args: argparse.Namespace) -> RedknotConfig:
+    """The configuration for parsed command-line ``args`` (SGLang's and ours), checked against the
+    model at ``args.model_path``."""
     from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
 
-    served = fingerprint_of_model_path(
-        server_args.model_path, trust_remote_code=server_args.trust_remote_code
-    )
-    cfg = config_from_args(args, served, context_len=server_args.context_length)
-    setattr(server_args, ATTR, cfg)
-    return cfg
+    served = fingerprint_of_model_path(args.model_path, trust_remote_code=args.trust_remote_code)
+    return config_from_args(args, served, context_len=args.context_length)
 
 
 def get_redknot(server_args: Any) -> RedknotConfig:
-    """The configuration stored by :func:`attach`; servers built without the CLI (``sgl.Engine``)
-    get the defaults (all-global profile)."""
+    """The configuration the plugin stored on ``server_args``; servers built without the CLI
+    (``sgl.Engine``) get the defaults (all-global profile)."""
     cfg = getattr(server_args, ATTR, None)
     if cfg is None:
         parser = argparse.ArgumentParser()
         add_cli_args(parser)
-        cfg = attach(server_args, parser.parse_args([]))
+        args = parser.parse_args([])
+        args.model_path = server_args.model_path
+        args.trust_remote_code = server_args.trust_remote_code
+        args.context_length = server_args.context_length
+        cfg = build_config(args)
+        setattr(server_args, ATTR, cfg)
     return cfg

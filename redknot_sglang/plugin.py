@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from redknot_sglang.config import BACKEND_NAME, ConfigError, add_cli_args, attach
+from redknot_sglang.config import ATTR, BACKEND_NAME, ConfigError, add_cli_args, build_config
 from redknot_sglang.heads.profile import ProfileError
 
 _SERVER_ARGS = "sglang.srt.server_args.ServerArgs."
@@ -23,13 +23,20 @@ def _add_cli_args(original: Callable[[argparse.ArgumentParser], None], parser: a
 
 
 def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namespace) -> Any:
+    if not hasattr(args, "redknot_head_profile"):
+        return original(cls, args)
+    try:
+        cfg = build_config(args)
+    except (ProfileError, ConfigError) as e:
+        # A clean one-line exit instead of a traceback: the user's input is wrong, not us.
+        raise SystemExit(f"redknot: {e}") from None
+    if args.attention_backend == BACKEND_NAME and not cfg.profile.all_heads_global:
+        if args.cuda_graph_backend_prefill is None:
+            # prefill graphs narrow the batch inside the attention call; the head split computes
+            # per-token sink targets from the whole batch, so prefill runs eagerly (decode graphs stay)
+            args.cuda_graph_backend_prefill = "disabled"
     server_args = original(cls, args)
-    if hasattr(args, "redknot_head_profile"):
-        try:
-            attach(server_args, args)
-        except (ProfileError, ConfigError) as e:
-            # A clean one-line exit instead of a traceback: the user's input is wrong, not us.
-            raise SystemExit(f"redknot: {e}") from None
+    setattr(server_args, ATTR, cfg)
     return server_args
 
 
@@ -57,7 +64,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
-    from redknot_sglang.hooks import backend_name, cpu_rope, head_split
+    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, stats
 
     if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
         return
@@ -65,6 +72,7 @@ def register() -> None:
     HookRegistry.register(_SERVER_ARGS + "from_cli_args", _from_cli_args, HookType.AROUND)
     HookRegistry.register(backend_name.TARGET, backend_name.support_triton, HookType.AROUND)
     HookRegistry.register(cpu_rope.TARGET, cpu_rope.rope_init, HookType.AROUND)
+    HookRegistry.register(stats.TARGET, stats.get_internal_state, HookType.AFTER)
     for target, hook in (
         (head_split.MODEL_CONFIG, head_split.model_config_from_server_args),
         (head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator),

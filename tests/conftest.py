@@ -24,7 +24,10 @@ def pytest_collection_modifyitems(config, items):
 def smollm2() -> Path:
     from redknot_sglang.testing.models import smollm2_dir
 
-    return smollm2_dir()
+    try:
+        return smollm2_dir()
+    except RuntimeError as e:  # the GPU machine gets the GGUF only when it was carried
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")

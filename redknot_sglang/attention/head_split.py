@@ -40,6 +40,18 @@ def _without_sliding_window(model_runner: Any):
         model_runner.sliding_window_size = saved
 
 
+@contextlib.contextmanager
+def _own_output(forward_batch: Any):
+    """Hide a preallocated whole-layer output from the base backend, which would write its
+    global-group result there; the caller places it."""
+    saved = getattr(forward_batch, "_attn_output", None)
+    forward_batch._attn_output = None
+    try:
+        yield
+    finally:
+        forward_batch._attn_output = saved
+
+
 class HeadSplitAttnBackend(AttentionBackend):
     def __init__(self, model_runner: Any, layout: RankHeadLayout, base_backend: str):
         from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
@@ -120,8 +132,9 @@ class HeadSplitAttnBackend(AttentionBackend):
             base_fwd = self.base.forward_decode if decode else self.base.forward_extend
             kg = None if k is None else k[:, : heads.num_global]
             vg = None if v is None else v[:, : heads.num_global]
-            out = base_fwd(q3[:, :ng].reshape(q3.shape[0], -1), kg, vg, self._global_layer(layer),
-                           forward_batch, save_kv_cache=False)
+            with _own_output(forward_batch):
+                out = base_fwd(q3[:, :ng].reshape(q3.shape[0], -1), kg, vg, self._global_layer(layer),
+                               forward_batch, save_kv_cache=False)
             o[:, :ng] = out.view(q3.shape[0], ng, d)
         if heads.num_local:
             self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode)

@@ -6,7 +6,7 @@ eviction; local heads' KV lives in window slots that the tree's SWA component to
 fall out of the window, and a prefix matches only where its trailing window is still held. What the
 tree does not know is the sink, the first ``S`` tokens a local head always reads. Here:
 
-* a match is accepted only if it covers the sink and the sink's K/V is in the
+* a scheduler match is accepted only if it covers the sink and the sink's K/V is in the
   :class:`~redknot_sglang.mem.sink_cache.SinkCache`; otherwise it is dropped to a miss and the
   request recomputes (never reads a missing sink);
 * once a batch has its rows, a request that reuses a prefix gets the cached sink copied into its
@@ -45,9 +45,11 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     # ------------------------------------------------------------------ match
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        """Scheduler matches (they carry the request) are cut to a miss without a cached sink;
+        the tree's own re-match after an insert (no request) sees the tree as it is."""
         result = super().match_prefix(params)
         matched = len(result.device_indices)
-        if matched == 0 or self.sinks.sink == 0:
+        if params.req is None or matched == 0 or self.sinks.sink == 0:
             return result
         key = self.sinks.key(params.key.token_ids, params.key.extra_key)
         if matched >= self.sinks.sink and self.sinks.lookup(key) is not None:

@@ -125,3 +125,35 @@ def reference(case: SegPagedCase) -> torch.Tensor:
             out[start : start + q_len, qh] = torch.softmax(scores, -1) @ case.v_true[b][:, h]
         start += q_len
     return out
+
+
+def make_bench_case(
+    batch: int, seq_len: int, window: int, sink: int, *, heads: int, group: int, head_dim: int,
+    dtype: torch.dtype = torch.bfloat16, device: str = "cuda", seed: int = 0,
+) -> SegPagedCase:
+    """A decode case at serving sizes, built on the device without reference K/V: every request
+    holds ``seq_len`` tokens, of which the server keeps the sink and the last ``window + 128``
+    (SGLang frees out-of-window slots every 128 steps); window slots are scattered at random."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    held = min(seq_len, window + 128)
+    n_win = batch * held + 1
+    req_to_token = torch.zeros(batch + 1, seq_len, dtype=torch.int32, device=device)
+    req_to_token[1:] = torch.arange(1, batch * seq_len + 1, dtype=torch.int32, device=device).view(batch, seq_len)
+    full_to_swa = torch.zeros(batch * seq_len + 2, dtype=torch.int64, device=device)
+    full_to_swa[-1] = -1
+    tail = req_to_token[1:, seq_len - held :].reshape(-1).long()
+    full_to_swa[tail] = (torch.randperm(n_win - 1, generator=g) + 1).to(device)
+    k_win = torch.randn(n_win, heads, head_dim, generator=g).to(device, dtype)
+    v_win = torch.randn(n_win, heads, head_dim, generator=g).to(device, dtype)
+    k_sink = torch.randn(batch + 1, sink, heads, head_dim, generator=g).to(device, dtype)
+    v_sink = torch.randn(batch + 1, sink, heads, head_dim, generator=g).to(device, dtype)
+    ones = torch.ones(batch, dtype=torch.int32, device=device)
+    return SegPagedCase(
+        q=torch.randn(batch, heads * group, head_dim, generator=g).to(device, dtype),
+        k_win=k_win, v_win=v_win, k_sink=k_sink, v_sink=v_sink, req_to_token=req_to_token,
+        full_to_swa=full_to_swa, rows=torch.arange(1, batch + 1, dtype=torch.int32, device=device),
+        seq_lens=ones * seq_len, q_lens=ones, q_starts=torch.arange(batch, dtype=torch.int32, device=device),
+        window=torch.full((heads,), window, dtype=torch.int32, device=device),
+        sink=torch.full((heads,), sink, dtype=torch.int32, device=device),
+        k_true=[], v_true=[], scale=head_dim ** -0.5,
+    )

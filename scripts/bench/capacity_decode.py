@@ -1,0 +1,224 @@
+"""Capacity and decode speed of long requests: stock SGLang vs RedKnot, same model, same flags.
+
+For each side a server runs a Llama-3.1-8B-shaped model (dummy weights) at the same
+``--mem-fraction-static``; RedKnot adds ``--attention-backend redknot --radix-cache-backend
+redknot`` and a profile with 15% global heads (window 1024, sink 64; stock uses FlashInfer).
+Requests carry distinct random prompts of ``context - max_new`` tokens and decode ``max_new``
+tokens (``ignore_eos``), so each one holds about ``context`` tokens of KV.
+
+* capacity: requests are sent in waves; the last wave asks for more than fits, and
+  ``max_concurrent`` is the largest ``#running-req`` the scheduler reports once admission stalls.
+* decode: after each wave (1, 8, 32 requests, then the capacity wave) is fully admitted and no
+  prefill runs, the decode throughput SGLang logs (``gen throughput (token/s)``) is averaged.
+
+Writes bench/results/capacity.json and bench/results/decode.json (``--side`` runs one side into a
+partial file; ``--merge`` combines partials measured on the same warm machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
+from redknot_sglang.heads.synthetic import synthetic_profile
+from redknot_sglang.mem.sizing import auto_window_ratio
+from redknot_sglang.testing.models import llama8b_dir
+from redknot_sglang.testing.server import REDKNOT_ARGS, Server
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+DECODE_RE = re.compile(r"Decode batch.*?#running-req: (\d+).*?gen throughput \(token/s\): ([\d.]+), #queue-req: (\d+)")
+WINDOW, SINK, GLOBAL = 1024, 64, 0.15
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+class Load:
+    """Requests sent from threads; each thread holds one streaming-free /generate call."""
+
+    def __init__(self, server: Server, prompt_len: int, max_new: int, vocab: int):
+        self.server, self.prompt_len, self.max_new, self.vocab = server, prompt_len, max_new, vocab
+        self.sent = 0
+        self.threads: list[threading.Thread] = []
+
+    def send(self, n: int) -> None:
+        import random
+
+        for _ in range(n):
+            rng = random.Random(self.sent)
+            ids = [rng.randrange(1000, self.vocab) for _ in range(self.prompt_len)]
+            payload = {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": self.max_new,
+                                                             "ignore_eos": True}}
+            t = threading.Thread(target=self._post, args=(payload,), daemon=True)
+            t.start()
+            self.threads.append(t)
+            self.sent += 1
+
+    def _post(self, payload: dict) -> None:
+        try:
+            requests.post(self.server.url + "/generate", json=payload, timeout=3600)
+        except requests.RequestException:
+            pass
+
+    def abort_all(self) -> None:
+        requests.post(self.server.url + "/abort_request", json={"rid": "", "abort_all": True}, timeout=60)
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def decode_lines(log: str, since: int) -> list[tuple[int, float, int]]:
+    return [(int(r), float(tp), int(q)) for r, tp, q in DECODE_RE.findall(log[since:])]
+
+
+def wait_admitted(server: Server, target: int, since: int, stall_s: float, timeout_s: float) -> tuple[int, int]:
+    """Wait until ``target`` requests run, or admission stalls (no prefill for ``stall_s``).
+    Returns (largest ``#running-req`` seen, log offset of the last prefill)."""
+    t0 = last_change = time.monotonic()
+    best, last_prefill = 0, since
+    while time.monotonic() - t0 < timeout_s:
+        log = server.log()
+        running = max((r for r, _, _ in decode_lines(log, since)), default=0)
+        prefill = log.rfind("Prefill batch")
+        if running > best or prefill > last_prefill:
+            best, last_prefill, last_change = max(best, running), max(last_prefill, prefill), time.monotonic()
+        if best >= target or (best and time.monotonic() - last_change > stall_s):
+            return best, last_prefill
+        time.sleep(1.0)
+    return best, last_prefill
+
+
+def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Path) -> dict:
+    ctx_max = max(args.contexts)
+    flags = ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction_static),
+             "--context-length", str(ctx_max + 64), "--cuda-graph-max-bs", str(args.cuda_graph_max_bs),
+             "--decode-log-interval", "20", "--random-seed", "0"]
+    if side == "stock":
+        flags += ["--attention-backend", "flashinfer"]
+    else:
+        ratio = auto_window_ratio(WINDOW, 1, min(args.contexts))
+        flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile_path), "--redknot-window-pool-ratio", f"{ratio:.5f}"]
+    out: dict = {"flags": flags, "contexts": {}}
+    server = Server(model, flags, log_path=Path(args.log_dir) / f"{side}.log", timeout_s=900)
+    with server:
+        out["startup_s"] = round(server.startup_s, 1)
+        info = requests.get(server.url + "/get_server_info", timeout=30).json()
+        out["max_total_num_tokens"] = info.get("max_total_num_tokens") or info["internal_states"][0].get("max_total_num_tokens")
+        print(f"[{side}] up in {server.startup_s:.0f} s, max_total_num_tokens={out['max_total_num_tokens']}", flush=True)
+        vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+        for ctx in args.contexts:
+            load = Load(server, ctx - args.max_new, args.max_new, vocab)
+            waves = list(args.decode_batches) if ctx == min(args.contexts) else []
+            res: dict = {"decode_tok_s": {}}
+            since = len(server.log())
+            for target in waves:
+                load.send(target - load.sent)
+                running, at = wait_admitted(server, target, since, stall_s=args.stall_s, timeout_s=args.wave_timeout_s)
+                if running < target:  # this side cannot hold the batch: that is its capacity
+                    res["max_concurrent"] = running
+                    res["decode_tok_s"][str(running)] = steady_throughput(server, at, running)
+                    break
+                res["decode_tok_s"][str(target)] = steady_throughput(server, at, target)
+                print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]:.1f} tok/s", flush=True)
+            if "max_concurrent" not in res:
+                guess = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than fits
+                load.send(max(guess, load.sent + 1) - load.sent)
+                running, at = wait_admitted(server, 10**6, since, stall_s=args.stall_s, timeout_s=args.wave_timeout_s)
+                res["max_concurrent"] = running
+                if ctx == min(args.contexts):
+                    res["decode_tok_s"][str(running)] = steady_throughput(server, at, running)
+            res["sent"] = load.sent
+            print(f"[{side}] ctx {ctx}: max_concurrent {res['max_concurrent']} (sent {load.sent})", flush=True)
+            load.abort_all()
+            time.sleep(3)
+            requests.post(server.url + "/flush_cache", timeout=60)
+            out["contexts"][str(ctx)] = res
+    return out
+
+
+def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
+    from redknot_sglang.heads.profile import HeadProfile
+
+    profile = HeadProfile.load(args.profile_path)
+    cap_rows, dec_rows = [], []
+    for ctx in args.contexts:
+        s, r = sides["stock"]["contexts"][str(ctx)], sides["redknot"]["contexts"][str(ctx)]
+        cap_rows.append({
+            "context_len": ctx,
+            "stock_max_concurrent": s["max_concurrent"],
+            "redknot_max_concurrent": r["max_concurrent"],
+            "ideal_factor": round(profile.ideal_factor(ctx), 3),
+            "stock_max_total_tokens": sides["stock"]["max_total_num_tokens"],
+            "redknot_max_total_tokens": sides["redknot"]["max_total_num_tokens"],
+            "measured_factor": round(r["max_concurrent"] / max(1, s["max_concurrent"]), 3),
+        })
+    ctx = min(args.contexts)
+    s_dec = sides["stock"]["contexts"][str(ctx)]["decode_tok_s"]
+    r_dec = sides["redknot"]["contexts"][str(ctx)]["decode_tok_s"]
+    for b in sorted({int(b) for b in (*s_dec, *r_dec)}):
+        dec_rows.append({"batch": b, "stock_tok_s": s_dec.get(str(b)), "redknot_tok_s": r_dec.get(str(b))})
+    common = {
+        "device": device,
+        "model": "Llama-3.1-8B shape, --load-format dummy",
+        "mem_fraction_static": args.mem_fraction_static,
+        "profile": {"global_fraction": round(profile.global_fraction, 4), "window": WINDOW, "sink": SINK},
+        "request": f"prompt = context - {args.max_new} random tokens, {args.max_new} new tokens, ignore_eos",
+        "flags": {side: sides[side]["flags"] for side in sides},
+        "startup_s": {side: sides[side]["startup_s"] for side in sides},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "capacity.json").write_text(json.dumps({**common, "results": cap_rows}, indent=2) + "\n")
+    (RESULTS / "decode.json").write_text(json.dumps({**common, "context_len": ctx, "results": dec_rows}, indent=2) + "\n")
+    print(f"\ncapacity ({device}, mem fraction {args.mem_fraction_static})")
+    print(f"{'context':>8} {'stock':>6} {'redknot':>8} {'factor':>7} {'ideal':>6} {'stock tok':>10} {'redknot tok':>12}")
+    for row in cap_rows:
+        print(f"{row['context_len']:>8} {row['stock_max_concurrent']:>6} {row['redknot_max_concurrent']:>8} "
+              f"{row['measured_factor']:>7.2f} {row['ideal_factor']:>6.2f} {row['stock_max_total_tokens']:>10} "
+              f"{row['redknot_max_total_tokens']:>12}")
+    print(f"\ndecode at {ctx} tokens (tok/s)\n{'batch':>6} {'stock':>10} {'redknot':>10}")
+    for row in dec_rows:
+        fmt = lambda x: f"{x:10.1f}" if x is not None else f"{'-':>10}"
+        print(f"{row['batch']:>6} {fmt(row['stock_tok_s'])} {fmt(row['redknot_tok_s'])}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", choices=("both", "stock", "redknot"), default="both")
+    ap.add_argument("--merge", action="store_true", help="combine partial results into the JSON files")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[32768, 65536])
+    ap.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--mem-fraction-static", type=float, default=0.6)
+    ap.add_argument("--max-new", type=int, default=2048)
+    ap.add_argument("--cuda-graph-max-bs", type=int, default=64)
+    ap.add_argument("--stall-s", type=float, default=25.0)
+    ap.add_argument("--wave-timeout-s", type=float, default=300.0)
+    ap.add_argument("--log-dir", default="/tmp")
+    ap.add_argument("--profile-path", default=str(RESULTS / "llama8b_15pct_w1024_s64.heads.json"))
+    args = ap.parse_args()
+    model = llama8b_dir()
+    if not Path(args.profile_path).exists():
+        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=WINDOW,
+                          sink=SINK, seed=0).save(args.profile_path)
+    partial = RESULTS / "_partial_capacity_decode.json"
+    sides = json.loads(partial.read_text()) if partial.exists() else {}
+    if not args.merge:
+        for side in (("stock", "redknot") if args.side == "both" else (args.side,)):
+            sides[side] = run_side(side, args, model, Path(args.profile_path))
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(sides, indent=2))
+    if "stock" in sides and "redknot" in sides:
+        write_results(sides, args, device_name())
+        partial.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU lane, one step per argument, each step's results copied to $OUT:
+#   setup        install carried wheels + this project, unpack carried models (scripts/device/setup.sh)
+#   tests        pytest -m gpu, kernel tests only (no servers)
+#   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
+#   kernel       scripts/bench/decode_kernel.py
+#   serving ARGS scripts/bench/capacity_decode.py ARGS
+# usage: bash scripts/device/lane.sh setup tests kernel "e2e llama8b"
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/device/env.sh
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+t_start=$(date +%s)
+stamp() { echo "[lane +$(( $(date +%s) - t_start ))s] $*"; }
+rc=0
+for step in "$@"; do
+  set -- $step
+  name=$1; shift
+  stamp "$name $*"
+  case $name in
+    setup) bash scripts/device/setup.sh || rc=1
+           nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;;
+    tests) python3 -m pytest -q -p no:cacheprovider -m "gpu and not server" tests 2>&1 | tail -15 || rc=1 ;;
+    e2e) python3 -m pytest -q -s -p no:cacheprovider -m "gpu and server" ${1:+-k "$1"} --basetemp=/tmp/e2e tests 2>&1 \
+           | grep -vE "^\s*$" | tail -40 || rc=1
+         tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
+    kernel) python3 scripts/bench/decode_kernel.py || rc=1
+            cp bench/results/decode_kernel.json "$OUT/" ;;
+    serving) python3 scripts/bench/capacity_decode.py --log-dir /tmp "$@" || rc=1
+             cp bench/results/capacity.json bench/results/decode.json bench/results/_partial_capacity_decode.json "$OUT/" 2>/dev/null
+             for f in /tmp/stock.log /tmp/redknot.log; do [ -f $f ] && tail -c 2000000 $f | gzip > "$OUT/$(basename $f).gz"; done ;;
+    *) echo "unknown step $name"; rc=1 ;;
+  esac
+done
+stamp "done rc=$rc"
+exit $rc
