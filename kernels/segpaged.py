@@ -197,25 +197,34 @@ def _common(q: torch.Tensor, k_win: torch.Tensor) -> tuple[int, int, int]:
     return group, head_dim, triton.next_power_of_2(head_dim)
 
 
-def decode_num_splits(batch: int, local_heads: int, max_keys: int, block_n: int = 64, target_programs: int = 264) -> int:
+DECODE_TUNING = dict(block_n=64, num_warps=4, num_stages=2, programs_per_sm=4)
+
+
+def decode_num_splits(batch: int, local_heads: int, max_keys: int, block_n: int, target_programs: int) -> int:
     """Key splits per (request, head) so that a decode launch has about ``target_programs``
-    programs (two per SM of an H100/H200), never more splits than key tiles."""
+    programs, never more splits than key tiles."""
     wanted = -(-target_programs // max(1, batch * local_heads))
     return max(1, min(wanted, -(-max_keys // block_n)))
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def segpaged_decode(
     q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
     k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor,
     rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor, sink: torch.Tensor,
-    sm_scale: float, max_keys: int, num_splits: int | None = None,
+    sm_scale: float, max_keys: int, num_splits: int | None = None, tuning: dict | None = None,
 ) -> torch.Tensor:
     """One query per request (``q``/``o`` ``[batch, Hq_local, D]``); ``max_keys`` bounds
     ``sink + window`` over the heads (it only sets the split count)."""
     group, head_dim, block_d = _common(q, k_win)
     batch, local_heads = q.shape[0], k_win.shape[1]
-    block_n = 64
-    splits = num_splits or decode_num_splits(batch, local_heads, max_keys, block_n)
+    tune = {**DECODE_TUNING, **(tuning or {})}
+    block_n = tune["block_n"]
+    splits = num_splits or decode_num_splits(
+        batch, local_heads, max_keys, block_n, tune["programs_per_sm"] * _sm_count(q.device))
     mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
     _decode_split[(batch, local_heads, splits)](
@@ -225,7 +234,8 @@ def segpaged_decode(
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, HEAD_DIM=head_dim, NUM_SPLITS=splits, num_warps=4, num_stages=2,
+        BLOCK_D=block_d, HEAD_DIM=head_dim, NUM_SPLITS=splits,
+        num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )
     _decode_reduce[(batch, q.shape[1])](
         mid_o, mid_lse, o,

@@ -17,22 +17,24 @@ GPU = ("--cuda-graph-max-bs", "8", "--random-seed", "0")
 STOCK = ("--attention-backend", "flashinfer")
 
 
-def _three_servers(model, tmp_path, extra, mem, window, sink):
-    """stock, redknot all-global, redknot with 15% global heads (local window ``window``)."""
-    profile = synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=0.15, window=window, sink=sink, seed=1)
-    path = tmp_path / "mixed.json"
-    profile.save(path)
+def _servers(model, tmp_path, extra, mem, mixed_window=None):
+    """stock, redknot all-global, and (with ``mixed_window``) redknot with 15% global heads."""
     common = (*GPU, *extra, "--mem-fraction-static", str(mem))
-    return start_all([
+    servers = [
         Server(model, (*common, *STOCK), log_path=tmp_path / "stock.log"),
         Server(model, (*common, *REDKNOT_ARGS), log_path=tmp_path / "all_global.log"),
-        Server(model, (*common, *REDKNOT_ARGS, "--redknot-head-profile", str(path),
-                       "--redknot-window-pool-ratio", "0.5"), log_path=tmp_path / "mixed.log"),
-    ])
+    ]
+    if mixed_window:
+        fp = fingerprint_of_model_path(str(model))
+        path = tmp_path / "mixed.json"
+        synthetic_profile(fp, global_ratio=0.15, window=mixed_window, sink=4, seed=1).save(path)
+        servers.append(Server(model, (*common, *REDKNOT_ARGS, "--redknot-head-profile", str(path),
+                                      "--redknot-window-pool-ratio", "0.5"), log_path=tmp_path / "mixed.log"))
+    return start_all(servers)
 
 
 def test_smollm2_on_gpu(smollm2, tmp_path):
-    servers = _three_servers(smollm2, tmp_path, (), 0.25, window=2048, sink=4)
+    servers = _servers(smollm2, tmp_path, (), 0.25, mixed_window=2048)
     try:
         stock, all_global, mixed = (run_all(s) for s in servers)
         mixed_log = servers[2].log()
@@ -47,15 +49,15 @@ def test_smollm2_on_gpu(smollm2, tmp_path):
 
 
 def test_llama8b_shape_on_gpu(tmp_path):
-    """Dummy weights: the all-global server must equal stock exactly; the head-split server
-    (window 1024, sink 64) must serve every request (its tokens are noise on random weights)."""
+    """Dummy weights (the same random weights on both servers): the all-global server must give
+    stock's greedy tokens exactly. (The head-split path on this model runs in the capacity and
+    decode benchmarks.)"""
     extra = ("--load-format", "dummy", "--context-length", "16384")
-    servers = _three_servers(llama8b_dir(), tmp_path, extra, 0.28, window=1024, sink=64)
+    servers = _servers(llama8b_dir(), tmp_path, extra, 0.42)
     try:
-        stock, all_global, mixed = (run_all(s, chat=False) for s in servers)
+        stock, all_global = (run_all(s, chat=False) for s in servers)
     finally:
         for s in servers:
             s.stop()
-    assert all_global["generate"] == stock["generate"] and all_global["batch"] == stock["batch"]
-    assert all(len(ids) == 24 for ids in mixed["generate"] + mixed["batch"])
-    assert mixed["cached"][3] > 300
+    for key in ("generate", "batch", "cached"):
+        assert all_global[key] == stock[key], key
