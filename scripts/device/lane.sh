@@ -24,7 +24,7 @@ for step in "$@"; do
     e2e) python3 -m pytest -q -s -p no:cacheprovider -m "gpu and server" ${1:+-k "$1"} --basetemp=/tmp/e2e tests 2>&1 \
            | grep -vE "^\s*$" | tail -40 || rc=1
          tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
-    kernel) python3 scripts/bench/decode_kernel.py || rc=1
+    kernel) python3 scripts/bench/decode_kernel.py "$@" || rc=1
             cp bench/results/decode_kernel.json "$OUT/" ;;
     serving) python3 scripts/bench/capacity_decode.py --log-dir /tmp "$@" || rc=1
              cp bench/results/capacity.json bench/results/decode.json bench/results/_partial_capacity_decode.json "$OUT/" 2>/dev/null
