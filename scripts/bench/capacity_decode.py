@@ -97,9 +97,20 @@ def wait_admitted(server: Server, target: int, since: int, stall_s: float, timeo
     return best, last_prefill
 
 
+PARTIAL = RESULTS / "_partial_capacity_decode.json"
+
+
+def save_partial(side: str, out: dict) -> None:
+    sides = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
+    sides[side] = out
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    PARTIAL.write_text(json.dumps(sides, indent=2))
+
+
 def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Path) -> dict:
     ctx_max = max(args.contexts)
     flags = ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction_static),
+             "--cuda-graph-backend-prefill", "disabled",
              "--context-length", str(ctx_max + 64), "--cuda-graph-max-bs", str(args.cuda_graph_max_bs),
              "--decode-log-interval", "20", "--random-seed", "0"]
     if side == "stock":
@@ -142,6 +153,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
             time.sleep(3)
             requests.post(server.url + "/flush_cache", timeout=60)
             out["contexts"][str(ctx)] = res
+            save_partial(side, out)
     return out
 
 
@@ -199,8 +211,8 @@ def main() -> None:
     ap.add_argument("--mem-fraction-static", type=float, default=0.6)
     ap.add_argument("--max-new", type=int, default=2048)
     ap.add_argument("--cuda-graph-max-bs", type=int, default=64)
-    ap.add_argument("--stall-s", type=float, default=25.0)
-    ap.add_argument("--wave-timeout-s", type=float, default=300.0)
+    ap.add_argument("--stall-s", type=float, default=15.0)
+    ap.add_argument("--wave-timeout-s", type=float, default=240.0)
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--profile-path", default=str(RESULTS / "llama8b_15pct_w1024_s64.heads.json"))
     args = ap.parse_args()
@@ -208,16 +220,13 @@ def main() -> None:
     if not Path(args.profile_path).exists():
         synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=WINDOW,
                           sink=SINK, seed=0).save(args.profile_path)
-    partial = RESULTS / "_partial_capacity_decode.json"
-    sides = json.loads(partial.read_text()) if partial.exists() else {}
     if not args.merge:
         for side in (("stock", "redknot") if args.side == "both" else (args.side,)):
-            sides[side] = run_side(side, args, model, Path(args.profile_path))
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(sides, indent=2))
+            run_side(side, args, model, Path(args.profile_path))
+    sides = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
     if "stock" in sides and "redknot" in sides:
         write_results(sides, args, device_name())
-        partial.unlink(missing_ok=True)
+        PARTIAL.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
