@@ -162,7 +162,8 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
 
     profile = HeadProfile.load(args.profile_path)
     cap_rows, dec_rows = [], []
-    for ctx in args.contexts:
+    measured = [c for c in args.contexts if all(str(c) in sides[x]["contexts"] for x in ("stock", "redknot"))]
+    for ctx in measured:
         s, r = sides["stock"]["contexts"][str(ctx)], sides["redknot"]["contexts"][str(ctx)]
         cap_rows.append({
             "context_len": ctx,
@@ -173,7 +174,7 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
             "redknot_max_total_tokens": sides["redknot"]["max_total_num_tokens"],
             "measured_factor": round(r["max_concurrent"] / max(1, s["max_concurrent"]), 3),
         })
-    ctx = min(args.contexts)
+    ctx = min(measured)
     s_dec = sides["stock"]["contexts"][str(ctx)]["decode_tok_s"]
     r_dec = sides["redknot"]["contexts"][str(ctx)]["decode_tok_s"]
     for b in sorted({int(b) for b in (*s_dec, *r_dec)}):
