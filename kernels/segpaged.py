@@ -197,7 +197,7 @@ def _common(q: torch.Tensor, k_win: torch.Tensor) -> tuple[int, int, int]:
     return group, head_dim, triton.next_power_of_2(head_dim)
 
 
-DECODE_TUNING = dict(block_n=64, num_warps=4, num_stages=2, programs_per_sm=4)
+DECODE_TUNING = dict(block_n=64, num_warps=4, num_stages=4, programs_per_sm=4)  # H100 sweep, bench/results/decode_kernel.json
 
 
 def decode_num_splits(batch: int, local_heads: int, max_keys: int, block_n: int, target_programs: int) -> int:

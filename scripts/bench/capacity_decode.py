@@ -218,6 +218,7 @@ def main() -> None:
     ap.add_argument("--profile-path", default=str(RESULTS / "llama8b_15pct_w1024_s64.heads.json"))
     args = ap.parse_args()
     model = llama8b_dir()
+    RESULTS.mkdir(parents=True, exist_ok=True)
     if not Path(args.profile_path).exists():
         synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=WINDOW,
                           sink=SINK, seed=0).save(args.profile_path)
