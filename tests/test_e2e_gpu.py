@@ -14,40 +14,50 @@ from redknot_sglang.testing.server import REDKNOT_ARGS, Server, start_all
 pytestmark = [pytest.mark.gpu, pytest.mark.server]
 
 # prefill CUDA graphs take minutes to capture per server; decode graphs stay on
-GPU = ("--cuda-graph-max-bs", "8", "--cuda-graph-backend-prefill", "disabled", "--random-seed", "0")
+GPU = ("--cuda-graph-max-bs", "4", "--cuda-graph-backend-prefill", "disabled", "--random-seed", "0")
 STOCK = ("--attention-backend", "flashinfer")
 
 
-def _servers(model, tmp_path, extra, mem, mixed_window=None, start=True):
-    """stock, redknot all-global, and (with ``mixed_window``) redknot with 15% global heads;
-    started side by side unless ``start`` is False."""
+def _servers(model, tmp_path, extra, mem, start=True):
+    """A stock server and a redknot all-global one, started side by side unless ``start`` is False."""
     common = (*GPU, *extra, "--mem-fraction-static", str(mem))
     servers = [
         Server(model, (*common, *STOCK), log_path=tmp_path / "stock.log"),
         Server(model, (*common, *REDKNOT_ARGS), log_path=tmp_path / "all_global.log"),
     ]
-    if mixed_window:
-        fp = fingerprint_of_model_path(str(model))
-        path = tmp_path / "mixed.json"
-        synthetic_profile(fp, global_ratio=0.15, window=mixed_window, sink=4, seed=1).save(path)
-        servers.append(Server(model, (*common, *REDKNOT_ARGS, "--redknot-head-profile", str(path),
-                                      "--redknot-window-pool-ratio", "0.5"), log_path=tmp_path / "mixed.log"))
     return start_all(servers) if start else servers
 
 
-def test_smollm2_on_gpu(smollm2, tmp_path):
-    servers = _servers(smollm2, tmp_path, (), 0.25, mixed_window=2048)
+@pytest.fixture(scope="module")
+def smollm2_stock_and_all_global(smollm2, tmp_path_factory):
+    servers = _servers(smollm2, tmp_path_factory.mktemp("smollm2"), (), 0.25)
     try:
-        stock, all_global, mixed = (run_all(s) for s in servers)
-        mixed_log = servers[2].log()
+        return [run_all(s) for s in servers]
     finally:
         for s in servers:
             s.stop()
+
+
+def test_smollm2_all_global_equals_stock_on_gpu(smollm2_stock_and_all_global):
+    stock, all_global = smollm2_stock_and_all_global
     for key in ("generate", "batch", "chat", "cached"):
         assert all_global[key] == stock[key], key
     assert "Paris" in stock["chat"][0]
-    assert "impl=HeadSplitRadixCache" in mixed_log and "global heads on triton" in mixed_log
-    assert_equivalent(mixed, stock)  # windows cover every prompt: same tokens up to bf16 ties
+
+
+def test_smollm2_head_split_on_gpu(smollm2, smollm2_stock_and_all_global, tmp_path):
+    """15% global heads on SGLang's Triton kernels, local heads on the SegPaged kernels, decode
+    in CUDA graphs; windows cover every prompt, so the tokens are stock's up to bf16 ties."""
+    stock, _ = smollm2_stock_and_all_global
+    path = tmp_path / "mixed.json"
+    synthetic_profile(fingerprint_of_model_path(str(smollm2)), global_ratio=0.15, window=2048, sink=4, seed=1).save(path)
+    args = (*GPU, "--mem-fraction-static", "0.25", *REDKNOT_ARGS, "--redknot-head-profile", str(path),
+            "--redknot-window-pool-ratio", "0.5")
+    with Server(smollm2, args, log_path=tmp_path / "mixed.log") as server:
+        mixed = run_all(server)
+        log = server.log()
+    assert "impl=HeadSplitRadixCache" in log and "global heads on triton" in log
+    assert_equivalent(mixed, stock)
 
 
 def test_llama8b_shape_on_gpu(tmp_path):

@@ -97,6 +97,19 @@ def wait_admitted(server: Server, target: int, since: int, stall_s: float, timeo
     return best, last_prefill
 
 
+def steady_throughput(server: Server, since: int, running: int, lines: int = 3, timeout_s: float = 120) -> float:
+    """Average decode throughput over ``lines`` log lines at ``running`` requests, no prefill."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        log = server.log()
+        start = max(since, log.rfind("Prefill batch"))  # steady state: after the last prefill
+        seen = [tp for r, tp, _ in decode_lines(log, start) if r == running][1:]  # first may span a prefill
+        if len(seen) >= lines:
+            return sum(seen[:lines]) / lines
+        time.sleep(0.5)
+    return float("nan")
+
+
 PARTIAL = RESULTS / "_partial_capacity_decode.json"
 
 
