@@ -76,7 +76,20 @@ def smollm2_dir(out: Optional[Path] = None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.bfloat16)
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    except ValueError:  # newer transformers keep the GGUF quantizer on the dequantized model
+        from safetensors.torch import save_file
+
+        tied = model.config.tie_word_embeddings
+        weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+                   if not (tied and k == "lm_head.weight")}
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["dtype"] = "bfloat16"
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     return out
