@@ -61,6 +61,26 @@ def llama8b_dir(out: Optional[Path] = None) -> Path:
     return out
 
 
+def save_bf16(model, out: Path) -> None:
+    """Save a (GGUF-dequantized) model as bf16 safetensors + config.json. Written by hand because
+    transformers >= 5.17 keeps the GGUF quantizer on the model and refuses ``save_pretrained``."""
+    import torch
+    from safetensors.torch import save_file
+
+    tied = model.config.tie_word_embeddings
+    weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+               if not (tied and k == "lm_head.weight")}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = [type(model).__name__]
+    config["dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+
+
 def smollm2_dir(out: Optional[Path] = None) -> Path:
     """Directory of the converted model, converting on first use (~20 s on 2 cores)."""
     out = Path(out) if out is not None else models_root() / NAME
@@ -76,20 +96,7 @@ def smollm2_dir(out: Optional[Path] = None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.bfloat16)
     tmp = out.with_name(out.name + ".tmp")
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-    except ValueError:  # newer transformers keep the GGUF quantizer on the dequantized model
-        from safetensors.torch import save_file
-
-        tied = model.config.tie_word_embeddings
-        weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
-                   if not (tied and k == "lm_head.weight")}
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        config["dtype"] = "bfloat16"
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    save_bf16(model, tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     return out
