@@ -33,6 +33,9 @@ def create_attention_backend(model_runner: Any) -> Any:
 
     cfg = get_redknot(model_runner.server_args)
     base = cfg.resolve_base_backend(str(model_runner.device))
+    prov = cfg.profile.provenance
+    logger.warning("redknot: head profile %s (%s, %.1f%% global heads), fidelity gate: %s",
+                   cfg.profile_source, prov.method, 100 * cfg.profile.global_fraction, prov.fidelity or "none recorded")
     if head_split_config(model_runner.server_args) is None:
         logger.warning("redknot: all heads global; base backend %s", base)
         return ATTENTION_BACKENDS[base](model_runner)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 FORMAT = "redknot-head-profile/1"
 BUILTIN_ALL_GLOBAL = "all-global"
+SHIPPED = Path(__file__).parent / "profiles"  # measured profiles shipped with the package, NAME.heads.json
 
 
 class ProfileError(ValueError):
@@ -179,7 +180,10 @@ class HeadProfile(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> HeadProfile:
+        """Load a profile file, or a shipped one by name (``smollm2-135m-instruct``)."""
         path = Path(path)
+        if not path.exists() and (SHIPPED / f"{path}.heads.json").exists():
+            path = SHIPPED / f"{path}.heads.json"
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
