@@ -98,10 +98,10 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
 def build_config(args: argparse.Namespace) -> RedknotConfig:
     """The configuration for parsed command-line ``args`` (SGLang's and ours), checked against the
     model at ``args.model_path``."""
-    from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
+    from redknot_sglang.heads.fingerprint import fingerprint_from_hf_config, hf_config_of, max_context_of
 
-    served = fingerprint_of_model_path(args.model_path, trust_remote_code=args.trust_remote_code)
-    return config_from_args(args, served, context_len=args.context_length)
+    cfg = hf_config_of(args.model_path, trust_remote_code=args.trust_remote_code)
+    return config_from_args(args, fingerprint_from_hf_config(cfg), context_len=args.context_length or max_context_of(cfg))
 
 
 def get_redknot(server_args: Any) -> RedknotConfig:

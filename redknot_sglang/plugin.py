@@ -25,12 +25,17 @@ def _add_cli_args(original: Callable[[argparse.ArgumentParser], None], parser: a
 def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namespace) -> Any:
     if not hasattr(args, "redknot_head_profile"):
         return original(cls, args)
+    from redknot_sglang.hooks.head_split import check_supported
+
+    head_split = args.attention_backend == BACKEND_NAME
     try:
         cfg = build_config(args)
+        if head_split and not cfg.profile.all_heads_global:
+            check_supported(args)
     except (ProfileError, ConfigError) as e:
         # A clean one-line exit instead of a traceback: the user's input is wrong, not us.
         raise SystemExit(f"redknot: {e}") from None
-    if args.attention_backend == BACKEND_NAME and not cfg.profile.all_heads_global:
+    if head_split and not cfg.profile.all_heads_global:
         if args.cuda_graph_backend_prefill is None:
             # prefill graphs narrow the batch inside the attention call; the head split computes
             # per-token sink targets from the whole batch, so prefill runs eagerly (decode graphs stay)

@@ -113,3 +113,20 @@ def test_server_refuses_a_malformed_profile(smollm2, tmp_profile, smollm2_finger
     err = _launch_fails(smollm2, "--redknot-head-profile", str(tmp_profile(json.dumps(data))))
     assert "is malformed: profile: Value error, layer 7, kv_head 2: local head needs window >= 1 (got 0)" in err
     assert "Traceback" not in err
+
+
+def test_server_refuses_a_window_that_covers_the_context(smollm2, tmp_path, smollm2_fingerprint):
+    from redknot_sglang.heads.synthetic import synthetic_profile
+
+    path = tmp_path / "wide.json"
+    synthetic_profile(smollm2_fingerprint, global_ratio=0.5, window=8190, sink=4, seed=0).save(path)
+    err = _launch_fails(smollm2, "--redknot-head-profile", str(path))
+    assert "window + sink = 8194 >= context length 8192; such a head is not local" in err
+    assert "Traceback" not in err
+
+
+def test_server_refuses_features_the_head_split_does_not_support(smollm2):
+    err = _launch_fails(smollm2, "--redknot-head-profile", "smollm2-135m-instruct", "--page-size", "16",
+                        "--max-total-tokens", "4096")
+    assert "redknot: a profile with local heads does not support --page-size > 1 yet" in err
+    assert "Traceback" not in err

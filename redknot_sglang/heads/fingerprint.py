@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from redknot_sglang.heads.profile import ModelFingerprint
 
@@ -26,9 +26,17 @@ def fingerprint_from_hf_config(cfg: Any) -> ModelFingerprint:
     )
 
 
-def fingerprint_of_model_path(model_path: str, *, trust_remote_code: bool = False) -> ModelFingerprint:
+def hf_config_of(model_path: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
-    return fingerprint_from_hf_config(
-        AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    )
+    return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
+def fingerprint_of_model_path(model_path: str, *, trust_remote_code: bool = False) -> ModelFingerprint:
+    return fingerprint_from_hf_config(hf_config_of(model_path, trust_remote_code=trust_remote_code))
+
+
+def max_context_of(cfg: Any) -> Optional[int]:
+    """The model's own context length (what SGLang serves without ``--context-length``)."""
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return getattr(text, "max_position_embeddings", None)

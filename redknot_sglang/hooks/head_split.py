@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from redknot_sglang.config import ATTR, BACKEND_NAME, RedknotConfig
+from redknot_sglang.config import ATTR, BACKEND_NAME, ConfigError, RedknotConfig
 
 MODEL_CONFIG = "sglang.srt.configs.model_config.ModelConfig.from_server_args"
 POOL_CONFIGURATOR = "sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator"
@@ -47,7 +47,7 @@ def check_supported(server_args: Any) -> None:
     }
     bad = [name for name, on in unsupported.items() if on]
     if bad:
-        raise ValueError(f"redknot: a profile with local heads does not support {', '.join(bad)} yet")
+        raise ConfigError(f"a profile with local heads does not support {', '.join(bad)} yet")
 
 
 def model_config_from_server_args(original: Callable[..., Any], server_args: Any, *args: Any, **kwargs: Any) -> Any:
