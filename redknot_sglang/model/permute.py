@@ -8,7 +8,7 @@ no per-call gathers. The permutation per layer is ``RankHeadLayout.layers[l].per
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

@@ -3,8 +3,9 @@
 For each side a server runs a Llama-3.1-8B-shaped model (dummy weights) at the same
 ``--mem-fraction-static``; RedKnot adds ``--attention-backend redknot --radix-cache-backend
 redknot`` and a profile with 15% global heads (window 1024, sink 64; stock uses FlashInfer).
-Requests carry distinct random prompts of ``context - max_new`` tokens and decode ``max_new``
-tokens (``ignore_eos``), so each one holds about ``context`` tokens of KV.
+Requests carry distinct random prompts of ``context - max_new`` tokens and decode up to ``max_new``
+tokens (``ignore_eos``), so each one holds at most ``context`` tokens of KV and none finishes while
+the waves are measured (a finished request would look like lost capacity).
 
 * capacity: requests are sent in waves; the last wave asks for more than fits, and
   ``max_concurrent`` is the largest ``#running-req`` the scheduler reports once admission stalls.
@@ -29,12 +30,12 @@ import requests
 from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.mem.sizing import auto_window_ratio
-from redknot_sglang.testing.models import llama8b_dir
-from redknot_sglang.testing.server import REDKNOT_ARGS, Server
+from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
+from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 DECODE_RE = re.compile(r"Decode batch.*?#running-req: (\d+).*?gen throughput \(token/s\): ([\d.]+), #queue-req: (\d+)")
-WINDOW, SINK, GLOBAL = 1024, 64, 0.15
+GLOBAL = 0.15
 
 
 def device_name() -> str:
@@ -97,7 +98,7 @@ def wait_admitted(server: Server, target: int, since: int, stall_s: float, timeo
     return best, last_prefill
 
 
-def steady_throughput(server: Server, since: int, running: int, lines: int = 3, timeout_s: float = 120) -> float:
+def steady_throughput(server: Server, since: int, running: int, lines: int = 2, timeout_s: float = 60) -> float:
     """Average decode throughput over ``lines`` log lines at ``running`` requests, no prefill."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -122,14 +123,16 @@ def save_partial(side: str, out: dict) -> None:
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Path) -> dict:
     ctx_max = max(args.contexts)
-    flags = ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction_static),
-             "--cuda-graph-backend-prefill", "disabled",
-             "--context-length", str(ctx_max + 64), "--cuda-graph-max-bs", str(args.cuda_graph_max_bs),
-             "--decode-log-interval", "20", "--random-seed", "0"]
-    if side == "stock":
-        flags += ["--attention-backend", "flashinfer"]
+    flags = ["--context-length", str(ctx_max + 64), "--decode-log-interval", "20", "--random-seed", "0"]
+    if args.cpu_smoke:  # the whole procedure on this CPU, SmolLM2, tiny sizes: checks the script, not speed
+        flags += [*CPU_ARGS, "--max-total-tokens", "6000"]
     else:
-        ratio = auto_window_ratio(WINDOW, 1, min(args.contexts))
+        flags += ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction_static),
+                  "--cuda-graph-backend-prefill", "disabled", "--cuda-graph-max-bs", str(args.cuda_graph_max_bs)]
+    if side == "stock":
+        flags += ["--attention-backend", "torch_native" if args.cpu_smoke else "flashinfer"]
+    else:
+        ratio = auto_window_ratio(args.window, 1, min(args.contexts))
         flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile_path), "--redknot-window-pool-ratio", f"{ratio:.5f}"]
     out: dict = {"flags": flags, "contexts": {}}
     server = Server(model, flags, log_path=Path(args.log_dir) / f"{side}.log", timeout_s=900)
@@ -194,9 +197,9 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
         dec_rows.append({"batch": b, "stock_tok_s": s_dec.get(str(b)), "redknot_tok_s": r_dec.get(str(b))})
     common = {
         "device": device,
-        "model": "Llama-3.1-8B shape, --load-format dummy",
+        "model": "SmolLM2-135M-Instruct (CPU smoke run)" if args.cpu_smoke else "Llama-3.1-8B shape, --load-format dummy",
         "mem_fraction_static": args.mem_fraction_static,
-        "profile": {"global_fraction": round(profile.global_fraction, 4), "window": WINDOW, "sink": SINK},
+        "profile": {"global_fraction": round(profile.global_fraction, 4), "window": args.window, "sink": args.sink},
         "request": f"prompt = context - {args.max_new} random tokens, {args.max_new} new tokens, ignore_eos",
         "flags": {side: sides[side]["flags"] for side in sides},
         "startup_s": {side: sides[side]["startup_s"] for side in sides},
@@ -223,18 +226,28 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[32768, 65536])
     ap.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--mem-fraction-static", type=float, default=0.6)
-    ap.add_argument("--max-new", type=int, default=2048)
+    ap.add_argument("--max-new", type=int, default=8192,
+                    help="tokens each request decodes: enough that none finishes during the measurement")
     ap.add_argument("--cuda-graph-max-bs", type=int, default=64)
     ap.add_argument("--stall-s", type=float, default=15.0)
     ap.add_argument("--wave-timeout-s", type=float, default=240.0)
     ap.add_argument("--log-dir", default="/tmp")
-    ap.add_argument("--profile-path", default=str(RESULTS / "llama8b_15pct_w1024_s64.heads.json"))
+    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--sink", type=int, default=64)
+    ap.add_argument("--profile-path", default=None, help="default: a seeded 15%% synthetic profile")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="run the procedure on CPU with SmolLM2 and tiny sizes (writes to /tmp)")
     args = ap.parse_args()
-    model = llama8b_dir()
+    if args.cpu_smoke:
+        global RESULTS, PARTIAL
+        RESULTS = Path("/tmp/redknot-bench-smoke")
+        PARTIAL = RESULTS / "_partial_capacity_decode.json"
+    model = smollm2_dir() if args.cpu_smoke else llama8b_dir()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    args.profile_path = args.profile_path or str(RESULTS / f"{model.name}_15pct_w{args.window}_s{args.sink}.heads.json")
     if not Path(args.profile_path).exists():
-        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=WINDOW,
-                          sink=SINK, seed=0).save(args.profile_path)
+        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=args.window,
+                          sink=args.sink, seed=0).save(args.profile_path)
     if not args.merge:
         for side in (("stock", "redknot") if args.side == "both" else (args.side,)):
             run_side(side, args, model, Path(args.profile_path))
