@@ -157,9 +157,13 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                 res["decode_tok_s"][str(target)] = steady_throughput(server, at, target)
                 print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]:.1f} tok/s", flush=True)
             if "max_concurrent" not in res:
-                guess = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than fits
-                load.send(max(guess, load.sent + 1) - load.sent)
-                running, at = wait_admitted(server, 10**6, since, stall_s=args.stall_s, timeout_s=args.wave_timeout_s)
+                target = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than should fit
+                while True:
+                    load.send(max(target, load.sent + 1) - load.sent)
+                    running, at = wait_admitted(server, 10**6, since, stall_s=args.stall_s, timeout_s=args.wave_timeout_s)
+                    if running < load.sent:  # admission stalled with requests waiting: full
+                        break
+                    target = int(load.sent * 1.25) + 2  # everything fit: ask for more
                 res["max_concurrent"] = running
                 if ctx == min(args.contexts):
                     res["decode_tok_s"][str(running)] = steady_throughput(server, at, running)
