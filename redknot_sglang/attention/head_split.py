@@ -65,7 +65,8 @@ class HeadSplitAttnBackend(AttentionBackend):
         with _without_sliding_window(model_runner):
             self.base = ATTENTION_BACKENDS[base_backend](model_runner)
         self.device = model_runner.device
-        self.on_cuda = str(self.device).startswith("cuda")
+        # local heads: our Triton kernels on CUDA, the torch path on CPU (tests may pick either)
+        self.local_impl = "triton" if str(self.device).startswith("cuda") else "torch"
         self.sink = self.token_to_kv_pool.sink
         self.windows = [torch.tensor(lh.window, dtype=torch.int32, device=self.device) for lh in layout.layers]
         self.sinks = [torch.tensor(lh.sink, dtype=torch.int32, device=self.device) for lh in layout.layers]
@@ -145,7 +146,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         lid = layer.layer_id
         k_win, v_win, k_sink, v_sink = pool.local_buffers(lid)
         heads = self.layout.layers[lid]
-        if self.on_cuda:
+        if self.local_impl == "triton":
             from redknot_sglang.kernels import segpaged
 
             common = (q, o, k_win, v_win, k_sink, v_sink, self.req_to_token_pool.req_to_token,
