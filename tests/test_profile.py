@@ -130,3 +130,14 @@ def test_rank_layout_puts_global_heads_first():
     assert halves[0].layers[2].num_global == 0 and halves[1].layers[2].num_global == 1
     assert halves[0].global_head_count() + halves[1].global_head_count() == layout.global_head_count()
     assert "global per layer [0,1,1,0]" in halves[1].summary()
+
+
+def test_tp_spread_reports_uneven_global_heads():
+    from redknot_sglang.heads.tp import tp_spread
+
+    p = mixed()  # global heads: layer0 h0, layer1 h3, layer2 h2, layer3 h1
+    assert tp_spread(p, 2) == {"tp": 2, "global_heads_per_rank": [2, 2], "full_pool_overhead": 0.0}
+    model = fp(num_layers=2)
+    skewed = HeadProfile.from_classes(model, [[True, True, False, False], [True, False, False, False]],
+                                      window=8, sink=0, method="test")
+    assert tp_spread(skewed, 2) == {"tp": 2, "global_heads_per_rank": [3, 0], "full_pool_overhead": 1.0}
