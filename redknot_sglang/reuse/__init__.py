@@ -1,0 +1,1 @@
+"""Position-independent reuse of document KV: RoPE relocation, the segment store, request spans."""
