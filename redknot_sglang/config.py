@@ -47,9 +47,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redknot-head-profile",
         default=BUILTIN_ALL_GLOBAL,
-        metavar="PATH|all-global",
+        metavar="PATH|NAME|all-global",
         help="Head profile JSON (which KV heads are global/local, their window and sink), made "
-        "by `python -m redknot_sglang.profile`; `all-global` (default) serves exactly as dense.",
+        "by `python -m redknot_sglang.profile`, or the name of a profile shipped with the package "
+        "(smollm2-135m-instruct); `all-global` (default) serves exactly as dense.",
     )
     group.add_argument(
         "--redknot-base-backend",

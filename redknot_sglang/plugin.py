@@ -27,19 +27,18 @@ def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Names
         return original(cls, args)
     from redknot_sglang.hooks.head_split import check_supported
 
-    head_split = args.attention_backend == BACKEND_NAME
     try:
         cfg = build_config(args)
-        if head_split and not cfg.profile.all_heads_global:
+        split = args.attention_backend == BACKEND_NAME and not cfg.profile.all_heads_global
+        if split:
             check_supported(args)
     except (ProfileError, ConfigError) as e:
         # A clean one-line exit instead of a traceback: the user's input is wrong, not us.
         raise SystemExit(f"redknot: {e}") from None
-    if head_split and not cfg.profile.all_heads_global:
-        if args.cuda_graph_backend_prefill is None:
-            # prefill graphs narrow the batch inside the attention call; the head split computes
-            # per-token sink targets from the whole batch, so prefill runs eagerly (decode graphs stay)
-            args.cuda_graph_backend_prefill = "disabled"
+    if split and args.cuda_graph_backend_prefill is None:
+        # prefill graphs narrow the batch inside the attention call; the head split computes
+        # per-token sink targets from the whole batch, so prefill runs eagerly (decode graphs stay)
+        args.cuda_graph_backend_prefill = "disabled"
     server_args = original(cls, args)
     setattr(server_args, ATTR, cfg)
     return server_args
