@@ -60,6 +60,9 @@ class HeadSplitRadixCache(UnifiedRadixCache):
     def _generation(self, row: int) -> int:
         return int(self.req_to_token_pool.req_generation[row])
 
+    def _sink_key(self, req: Any):
+        return self.sinks.key(first_tokens(req, self.sinks.sink), req.extra_key)
+
     def on_extend_allocated(self, batch: Any) -> None:
         """Give each request of a new extend batch its sink: computed by the batch itself (no
         prefix), already in its row (a later chunk), or copied from the cache (a reused prefix)."""
@@ -72,7 +75,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             if prefix_len == 0:
                 self._row_filled[row] = gen
                 continue
-            block = self.sinks.lookup(self.sinks.key(first_tokens(req, self.sinks.sink), req.extra_key))
+            block = self.sinks.lookup(self._sink_key(req))
             if block is None or prefix_len < self.sinks.sink:
                 raise RuntimeError(
                     f"redknot: request {req.rid} reuses {prefix_len} tokens without a cached sink"
@@ -88,7 +91,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             or self._row_filled.get(row) != self._generation(row)
         ):
             return
-        block = self.sinks.publish(self.sinks.key(first_tokens(req, self.sinks.sink), req.extra_key))
+        block = self.sinks.publish(self._sink_key(req))
         if block is not None:
             self.pool.queue_sink_copy(row=row, block=block, to_block=True)
 
