@@ -1,5 +1,6 @@
-"""End to end on the GPU: stock SGLang (FlashInfer) against the redknot backend and cache, servers
-started side by side on one GPU. Run with `pytest -m gpu` (docs/DEVICE.md)."""
+"""End to end on the GPU: stock SGLang (FlashInfer) against the redknot backend and cache. Servers
+start one at a time: SGLang sizes each from the memory free when it starts, and the second one
+finds FlashInfer's JIT cache warm. Run with `pytest -m gpu` (docs/DEVICE.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.testing.equality import assert_equivalent, run_all
 from redknot_sglang.testing.models import llama8b_dir
-from redknot_sglang.testing.server import REDKNOT_ARGS, Server, start_all
+from redknot_sglang.testing.server import REDKNOT_ARGS, Server
 
 pytestmark = [pytest.mark.gpu, pytest.mark.server]
 
@@ -18,24 +19,19 @@ GPU = ("--cuda-graph-max-bs", "4", "--cuda-graph-backend-prefill", "disabled", "
 STOCK = ("--attention-backend", "flashinfer")
 
 
-def _servers(model, tmp_path, extra, mem, start=True):
-    """A stock server and a redknot all-global one, started side by side unless ``start`` is False."""
+def _stock_and_all_global(model, tmp_path, extra, mem, chat=True):
+    """The outputs of a stock server and of a redknot all-global one, run one after the other."""
     common = (*GPU, *extra, "--mem-fraction-static", str(mem))
-    servers = [
-        Server(model, (*common, *STOCK), log_path=tmp_path / "stock.log"),
-        Server(model, (*common, *REDKNOT_ARGS), log_path=tmp_path / "all_global.log"),
-    ]
-    return start_all(servers) if start else servers
+    outputs = []
+    for name, args in (("stock", STOCK), ("all_global", REDKNOT_ARGS)):
+        with Server(model, (*common, *args), log_path=tmp_path / f"{name}.log") as server:
+            outputs.append(run_all(server, chat=chat))
+    return outputs
 
 
 @pytest.fixture(scope="module")
 def smollm2_stock_and_all_global(smollm2, tmp_path_factory):
-    servers = _servers(smollm2, tmp_path_factory.mktemp("smollm2"), (), 0.25)
-    try:
-        return [run_all(s) for s in servers]
-    finally:
-        for s in servers:
-            s.stop()
+    return _stock_and_all_global(smollm2, tmp_path_factory.mktemp("smollm2"), (), 0.25)
 
 
 def test_smollm2_all_global_equals_stock_on_gpu(smollm2_stock_and_all_global):
@@ -65,10 +61,6 @@ def test_llama8b_shape_on_gpu(tmp_path):
     stock's greedy tokens exactly. (The head-split path on this model runs in the capacity and
     decode benchmarks.)"""
     extra = ("--load-format", "dummy", "--context-length", "16384")
-    outputs = []
-    for server in _servers(llama8b_dir(), tmp_path, extra, 0.8, start=False):  # one 8B at a time
-        with server:
-            outputs.append(run_all(server, chat=False))
-    stock, all_global = outputs
+    stock, all_global = _stock_and_all_global(llama8b_dir(), tmp_path, extra, 0.8, chat=False)
     for key in ("generate", "batch", "cached"):
         assert all_global[key] == stock[key], key

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 import socket
 import subprocess
 import sys
@@ -121,15 +120,3 @@ class Server:
             raise ServerError(f"/v1/chat/completions {r.status_code}: {r.text}")
         return r.json()
 
-
-def start_all(servers: Sequence[Server]) -> list[Server]:
-    """Start servers side by side (their start-up is mostly imports and JIT, on the CPU); if one
-    fails, stop all and raise."""
-    with ThreadPoolExecutor(len(servers)) as pool:
-        futures = [pool.submit(s.start) for s in servers]
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        for s in servers:
-            s.stop()
-        raise errors[0]
-    return list(servers)
