@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -98,8 +100,9 @@ def wait_admitted(server: Server, target: int, since: int, stall_s: float, timeo
     return best, last_prefill
 
 
-def steady_throughput(server: Server, since: int, running: int, lines: int = 2, timeout_s: float = 60) -> float:
-    """Average decode throughput over ``lines`` log lines at ``running`` requests, no prefill."""
+def steady_throughput(server: Server, since: int, running: int, lines: int = 2, timeout_s: float = 60) -> float | None:
+    """Average decode throughput over ``lines`` log lines at ``running`` requests, no prefill;
+    None when the batch never decodes that long undisturbed (e.g. retractions at capacity)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         log = server.log()
@@ -108,7 +111,7 @@ def steady_throughput(server: Server, since: int, running: int, lines: int = 2, 
         if len(seen) >= lines:
             return sum(seen[:lines]) / lines
         time.sleep(0.5)
-    return float("nan")
+    return None
 
 
 PARTIAL = RESULTS / "_partial_capacity_decode.json"
@@ -155,7 +158,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                     res["decode_tok_s"][str(running)] = steady_throughput(server, at, running)
                     break
                 res["decode_tok_s"][str(target)] = steady_throughput(server, at, target)
-                print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]:.1f} tok/s", flush=True)
+                print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]} tok/s", flush=True)
             if "max_concurrent" not in res:
                 target = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than should fit
                 while True:
@@ -242,6 +245,8 @@ def main() -> None:
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="run the procedure on CPU with SmolLM2 and tiny sizes (writes to /tmp)")
     args = ap.parse_args()
+    # a time limit's SIGTERM unwinds the `with Server` blocks, so no server outlives the run
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     if args.cpu_smoke:
         global RESULTS, PARTIAL
         RESULTS = Path("/tmp/redknot-bench-smoke")

@@ -3,9 +3,10 @@
 #   setup        install carried wheels + this project, unpack carried models (scripts/device/setup.sh)
 #   tests        pytest -m gpu, kernel tests only (no servers)
 #   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
-#   kernel       scripts/bench/decode_kernel.py
-#   serving ARGS scripts/bench/capacity_decode.py ARGS
-# usage: bash scripts/device/lane.sh setup tests kernel "e2e llama8b"
+#   bench NAME   scripts/bench/NAME.py ARGS (kernel benchmarks: decode_kernel, global_decode_splits)
+#   serving ARGS scripts/bench/capacity_decode.py ARGS, stopped after $LANE_SERVING_S (540) seconds so
+#                that its partial results still come back within the device's 600 s per call
+# usage: bash scripts/device/lane.sh setup tests "bench decode_kernel" "e2e llama8b"
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/env.sh
@@ -24,9 +25,10 @@ for step in "$@"; do
     e2e) python3 -m pytest -q -s -p no:cacheprovider -m "gpu and server" ${1:+-k "$1"} --basetemp=/tmp/e2e tests 2>&1 \
            | grep -vE "^\s*$" | tail -40 || rc=1
          tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
-    kernel) python3 scripts/bench/decode_kernel.py "$@" || rc=1
-            cp bench/results/decode_kernel.json "$OUT/" ;;
-    serving) python3 scripts/bench/capacity_decode.py --log-dir /tmp "$@" || rc=1
+    bench) bench=$1; shift
+           python3 "scripts/bench/$bench.py" "$@" || rc=1
+           cp "bench/results/$bench.json" "$OUT/" ;;
+    serving) timeout -s TERM "${LANE_SERVING_S:-540}" python3 scripts/bench/capacity_decode.py --log-dir /tmp "$@" || rc=1
              cp bench/results/capacity.json bench/results/decode.json bench/results/_partial_capacity_decode.json "$OUT/" 2>/dev/null
              for f in /tmp/stock.log /tmp/redknot.log; do [ -f $f ] && tail -c 2000000 $f | gzip > "$OUT/$(basename $f).gz"; done ;;
     *) echo "unknown step $name"; rc=1 ;;
