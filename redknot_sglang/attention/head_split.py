@@ -40,6 +40,25 @@ def _without_sliding_window(model_runner: Any):
         model_runner.sliding_window_size = saved
 
 
+# Decode split-K cap for the global group on SGLang's Triton kernel. Its default (8) is sized for
+# all of a layer's heads; on 1-2 KV heads at 32K tokens the grid leaves the GPU idle. Measured
+# (bench/results/global_decode_splits.json, H200, batch 1, 1 KV head): 526 us at 8 splits,
+# 207 us at 64, 193 us at 128; batch 8: 470 -> 176 us; batch 32: 440 -> 286 us.
+GLOBAL_DECODE_SPLITS = 64
+
+
+def _fit_triton_to_global_group(base: Any, layout: RankHeadLayout) -> None:
+    """Let SGLang's Triton backend size its decode split-K for the global group it serves: its
+    split heuristic reads ``num_head``/``num_kv_head`` (the grid it expects to fill) and caps at
+    ``max_kv_splits``; both are set before any buffer is sized (metadata and CUDA-graph state)."""
+    if not hasattr(base, "max_kv_splits"):
+        return
+    group = base.num_head // base.num_kv_head
+    base.num_kv_head = max(1, max(layer.num_global for layer in layout.layers))
+    base.num_head = base.num_kv_head * group
+    base.max_kv_splits = max(base.max_kv_splits, GLOBAL_DECODE_SPLITS)
+
+
 @contextlib.contextmanager
 def _own_output(forward_batch: Any):
     """Hide a preallocated whole-layer output from the base backend, which would write its
@@ -64,6 +83,7 @@ class HeadSplitAttnBackend(AttentionBackend):
             raise RuntimeError("redknot: local heads need --radix-cache-backend redknot's head-split pool")
         with _without_sliding_window(model_runner):
             self.base = ATTENTION_BACKENDS[base_backend](model_runner)
+        _fit_triton_to_global_group(self.base, layout)
         self.device = model_runner.device
         # local heads: our Triton kernels on CUDA, the torch path on CPU (tests may pick either)
         self.local_impl = "triton" if str(self.device).startswith("cuda") else "torch"
