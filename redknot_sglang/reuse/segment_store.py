@@ -1,0 +1,341 @@
+"""``SegmentStore``: documents' per-head KV, cached once by content and reused at any offset.
+
+Keys are position-independent: a document's own token ids, under a :class:`Namespace` of (model
+fingerprint, tenant salt), never its absolute prefix. Each namespace is a radix tree over token
+ids, so documents that share a beginning share nodes. Every document's KV is computed alone, at
+positions ``[0, n)``; a node covering document positions ``[a, b)`` holds::
+
+    global heads, positions [a, b)          k_global/v_global  [b-a, G, D]  (shared by every
+                                                                             document below)
+    local heads, positions [a, b) ∩ [0, S)  k_sink/v_sink      [.., L, D]    (the sink)
+    local heads, the last W positions of    k_tail/v_tail      [min(n,W), L, D]  (on the node
+      the document that ends at this node                                        where it ends)
+
+with ``G``/``L`` the rank's global/local heads of all layers side by side (layer ``l``'s slice is
+:meth:`HeadColumns.global_cols` / ``local_cols``), ``S`` the largest sink and ``W`` the largest
+window of the profile. Local heads never read further back than sink + window, so that is all a
+document keeps of them.
+
+Tiers and eviction. Node KV lives on the store's device within ``device_bytes``; the coldest nodes
+spill to host memory (pinned on CUDA) within ``host_bytes`` and come back on reuse. Coldness is
+GreedyDual-LFU: a node's priority is ``clock + hits`` at its last use, and the clock rises to the
+priority of each node dropped, so frequently reused documents stay and stale ones age out. Only
+unlocked leaves are dropped (a node's KV is a prefix of its children's documents); documents in use
+are locked (:meth:`SegmentStore.lock` / :meth:`unlock`) and neither spill nor drop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from redknot_sglang.heads.layout import RankHeadLayout
+
+_PARTS = ("k_global", "v_global", "k_sink", "v_sink", "k_tail", "v_tail")
+
+
+class StoreError(ValueError):
+    """A document the store cannot take (malformed KV, too long, no room)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    """Documents are shared only within one namespace: the same model (its fingerprint digest)
+    and the same tenant (SGLang's ``cache_salt`` / ``extra_key``; None for the public space)."""
+
+    model: str
+    salt: str | None = None
+
+
+class HeadColumns:
+    """Where each layer's global and local heads sit in the store's flat head dimension."""
+
+    def __init__(self, layout: RankHeadLayout):
+        g = [layer.num_global for layer in layout.layers]
+        loc = [layer.num_local for layer in layout.layers]
+        self.g_start = [sum(g[:i]) for i in range(len(g))] + [sum(g)]
+        self.l_start = [sum(loc[:i]) for i in range(len(loc))] + [sum(loc)]
+        self.num_global, self.num_local = sum(g), sum(loc)
+        self.sink, self.window = layout.max_sink(), layout.max_window()
+
+    def global_cols(self, layer: int) -> slice:
+        return slice(self.g_start[layer], self.g_start[layer + 1])
+
+    def local_cols(self, layer: int) -> slice:
+        return slice(self.l_start[layer], self.l_start[layer + 1])
+
+
+@dataclasses.dataclass
+class DocumentKV:
+    """One document's KV as computed at positions ``[0, n)`` (see the module docstring)."""
+
+    k_global: torch.Tensor  # [n, G, D]
+    v_global: torch.Tensor
+    k_sink: torch.Tensor  # [min(n, S), L, D]
+    v_sink: torch.Tensor
+    k_tail: torch.Tensor  # [min(n, W), L, D]
+    v_tail: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.k_global.shape[0]
+
+
+@dataclasses.dataclass(eq=False)
+class _Node:
+    tokens: tuple[int, ...]  # edge label
+    start: int  # document position of tokens[0]
+    parent: _Node | None
+    children: dict[int, _Node] = dataclasses.field(default_factory=dict)
+    kv: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # k/v_global, k/v_sink, k/v_tail
+    on_device: bool = True
+    lock: int = 0
+    priority: float = 0.0
+    hits: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.tokens)
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.kv.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentMatch:
+    """A cached document, by the node where it ends (lock it while its KV is in use)."""
+
+    namespace: Namespace
+    last: _Node
+
+    @property
+    def nodes(self) -> list[_Node]:
+        """The document's nodes, first token first (nodes split since the match included)."""
+        out, node = [], self.last
+        while node.parent is not None:
+            out.append(node)
+            node = node.parent
+        if node.tokens:  # the walk did not end at a root: the document was dropped
+            raise StoreError("redknot: the document was evicted from the segment store")
+        return out[::-1]
+
+
+class SegmentStore:
+    def __init__(self, layout: RankHeadLayout, *, head_dim: int, dtype: torch.dtype, device: str,
+                 device_bytes: int, host_bytes: int, max_document_tokens: int):
+        self.cols = HeadColumns(layout)
+        self.head_dim, self.dtype, self.device = head_dim, dtype, torch.device(device)
+        self.device_budget, self.host_budget = device_bytes, host_bytes
+        self.max_document_tokens = max_document_tokens
+        self.device_used = self.host_used = 0
+        self.clock = 0.0
+        self._roots: dict[Namespace, _Node] = {}
+
+    # ------------------------------------------------------------------ lookups
+    def match(self, ns: Namespace, tokens: Sequence[int]) -> DocumentMatch | None:
+        """The cached document with exactly these tokens in this namespace, or None. A hit counts
+        as a use of every node of the document."""
+        nodes = self._walk(ns, tuple(tokens))
+        if nodes is None or "k_tail" not in nodes[-1].kv:
+            return None
+        for node in nodes:
+            self._touch(node)
+        return DocumentMatch(ns, nodes[-1])
+
+    def gather(self, match: DocumentMatch) -> DocumentKV:
+        """The document's KV on the store's device (spilled nodes come back first)."""
+        self.lock(match)
+        try:
+            for node in match.nodes:
+                self._to_device(node)
+            nodes = match.nodes
+            parts = {p: torch.cat([n.kv[p] for n in nodes if p in n.kv]) for p in _PARTS[:4]}
+            return DocumentKV(**parts, k_tail=match.last.kv["k_tail"], v_tail=match.last.kv["v_tail"])
+        finally:
+            self.unlock(match)
+
+    def lock(self, match: DocumentMatch) -> None:
+        for node in match.nodes:
+            node.lock += 1
+
+    def unlock(self, match: DocumentMatch) -> None:
+        for node in match.nodes:
+            if node.lock <= 0:
+                raise RuntimeError("redknot: SegmentStore.unlock without lock")
+            node.lock -= 1
+
+    # ------------------------------------------------------------------ insertion
+    def insert(self, ns: Namespace, tokens: Sequence[int], kv: DocumentKV) -> DocumentMatch:
+        """Cache a document computed alone at positions ``[0, n)``; nodes shared with documents
+        already cached keep their KV (it is the same: a causal model, the same positions)."""
+        tokens = tuple(int(t) for t in tokens)
+        self._check(tokens, kv)
+        nbytes = sum(getattr(kv, p).numel() for p in _PARTS) * self.dtype.itemsize
+        if nbytes > self.device_budget:
+            raise StoreError(f"redknot: document KV of {nbytes} bytes is larger than the segment store's "
+                             f"{self.device_budget} device bytes")
+        node = self._roots.setdefault(ns, _Node(tokens=(), start=0, parent=None))
+        path: list[_Node] = []
+        pos = 0
+        while pos < len(tokens):
+            child = node.children.get(tokens[pos])
+            if child is None:
+                child = _Node(tokens=tokens[pos:], start=pos, parent=node)
+                child.kv = self._slices(kv, pos, len(tokens))
+                node.children[tokens[pos]] = child
+                self._account(child, +1)
+            else:
+                common = _common_prefix(child.tokens, tokens[pos:])
+                if common < len(child.tokens):
+                    child = self._split(child, common)
+            path.append(child)
+            node, pos = child, child.end
+        if "k_tail" not in node.kv:
+            tail = {"k_tail": kv.k_tail, "v_tail": kv.v_tail}
+            node.kv.update({p: self._place(t, node.on_device) for p, t in tail.items()})
+            self._add_bytes(node.on_device, sum(t.nbytes for t in tail.values()))
+        match = DocumentMatch(ns, node)
+        for n in path:
+            self._touch(n)
+        self.lock(match)
+        try:
+            self._fit()
+        finally:
+            self.unlock(match)
+        return match
+
+    def _check(self, tokens: tuple[int, ...], kv: DocumentKV) -> None:
+        n = len(tokens)
+        if n == 0:
+            raise StoreError("redknot: an empty document cannot be cached")
+        if n > self.max_document_tokens:
+            raise StoreError(f"redknot: document of {n} tokens is longer than the {self.max_document_tokens} "
+                             "tokens the segment store takes")
+        c, d = self.cols, self.head_dim
+        want = {"k_global": (n, c.num_global, d), "k_sink": (min(n, c.sink), c.num_local, d),
+                "k_tail": (min(n, c.window), c.num_local, d)}
+        for part in _PARTS:
+            t = getattr(kv, part)
+            shape = want[part.replace("v_", "k_")]
+            if tuple(t.shape) != shape:
+                raise StoreError(f"redknot: document KV {part} has shape {tuple(t.shape)}, expected {shape} "
+                                 f"({n} tokens; {c.num_global} global / {c.num_local} local head-layers, "
+                                 f"sink {c.sink}, window {c.window}, head_dim {d})")
+
+    def _slices(self, kv: DocumentKV, a: int, b: int) -> dict[str, torch.Tensor]:
+        out = {"k_global": kv.k_global[a:b], "v_global": kv.v_global[a:b]}
+        if a < self.cols.sink:
+            out.update(k_sink=kv.k_sink[a:b], v_sink=kv.v_sink[a:b])
+        return {p: self._place(t, True) for p, t in out.items()}
+
+    def _split(self, node: _Node, at: int) -> _Node:
+        """Cut ``node``'s edge after ``at`` tokens; returns the new upper node."""
+        upper = _Node(tokens=node.tokens[:at], start=node.start, parent=node.parent,
+                      on_device=node.on_device, lock=node.lock, priority=node.priority, hits=node.hits)
+        sink_cut = max(0, min(at, self.cols.sink - node.start))
+        for p in ("k_global", "v_global"):
+            upper.kv[p], node.kv[p] = node.kv[p][:at].clone(), node.kv[p][at:].clone()
+        for p in ("k_sink", "v_sink"):
+            if p in node.kv:
+                upper.kv[p] = node.kv[p][:sink_cut].clone()
+                rest = node.kv.pop(p)[sink_cut:]
+                if rest.shape[0]:
+                    node.kv[p] = rest.clone()
+        node.parent.children[node.tokens[0]] = upper
+        node.tokens, node.start, node.parent = node.tokens[at:], node.start + at, upper
+        upper.children[node.tokens[0]] = node
+        return upper
+
+    # ------------------------------------------------------------------ tiers and eviction
+    def _place(self, t: torch.Tensor, on_device: bool) -> torch.Tensor:
+        if on_device:
+            return t.to(self.device, self.dtype).contiguous()
+        host = torch.empty(t.shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+        return host.copy_(t)
+
+    def _add_bytes(self, on_device: bool, nbytes: int) -> None:
+        if on_device:
+            self.device_used += nbytes
+        else:
+            self.host_used += nbytes
+
+    def _account(self, node: _Node, sign: int) -> None:
+        self._add_bytes(node.on_device, sign * node.nbytes())
+
+    def _touch(self, node: _Node) -> None:
+        node.hits += 1
+        node.priority = self.clock + node.hits
+
+    def _to_device(self, node: _Node) -> None:
+        if node.on_device:
+            return
+        self._account(node, -1)
+        node.kv = {p: self._place(t, True) for p, t in node.kv.items()}
+        node.on_device = True
+        self._account(node, +1)
+        self._fit()
+
+    def _spill(self, node: _Node) -> None:
+        self._account(node, -1)
+        node.kv = {p: self._place(t, False) for p, t in node.kv.items()}
+        node.on_device = False
+        self._account(node, +1)
+
+    def _drop(self, node: _Node) -> None:
+        self._account(node, -1)
+        self.clock = max(self.clock, node.priority)
+        del node.parent.children[node.tokens[0]]
+        node.parent = None
+
+    def _nodes(self) -> list[_Node]:
+        out, stack = [], [c for r in self._roots.values() for c in r.children.values()]
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return out
+
+    def _fit(self) -> None:
+        """Spill the coldest unlocked device nodes to host until the device budget holds, then drop
+        the coldest unlocked leaves until the host budget holds."""
+        while self.device_used > self.device_budget:
+            cands = [n for n in self._nodes() if n.on_device and not n.lock]
+            if not cands:
+                raise StoreError(f"redknot: segment store full on the device ({self.device_used} of "
+                                 f"{self.device_budget} bytes, all in use)")
+            self._spill(min(cands, key=lambda n: n.priority))
+        while self.host_used > self.host_budget:
+            leaves = [n for n in self._nodes() if not n.lock and not n.children]
+            cands = [n for n in leaves if not n.on_device] or leaves  # device leaves free host parents
+            if not cands:
+                raise StoreError(f"redknot: segment store full on the host ({self.host_used} of "
+                                 f"{self.host_budget} bytes, all in use or shared)")
+            self._drop(min(cands, key=lambda n: n.priority))
+
+    # ------------------------------------------------------------------ introspection
+    def _walk(self, ns: Namespace, tokens: tuple[int, ...]) -> list[_Node] | None:
+        node, pos, path = self._roots.get(ns), 0, []
+        while node is not None and pos < len(tokens):
+            node = node.children.get(tokens[pos])
+            if node is None or tokens[pos : node.end] != node.tokens:
+                return None
+            path.append(node)
+            pos = node.end
+        return path if path and pos == len(tokens) else None
+
+    def stats(self) -> dict:
+        nodes = self._nodes()
+        return {"nodes": len(nodes), "documents": sum("k_tail" in n.kv for n in nodes),
+                "device_bytes": self.device_used, "host_bytes": self.host_used,
+                "spilled_nodes": sum(not n.on_device for n in nodes)}
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
