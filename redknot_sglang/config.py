@@ -33,6 +33,7 @@ class RedknotConfig:
     base_backend: str = "auto"
     window_pool_ratio: Optional[float] = None
     sink_cache_blocks: int = 32
+    max_document_tokens: int = 16384
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -72,6 +73,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default=32,
         help="Cached sink copies (local heads' first tokens) for prefix reuse.",
     )
+    group.add_argument(
+        "--redknot-max-document-tokens",
+        type=int,
+        default=16384,
+        help="Longest document a request may mark for reuse (custom_params.redknot_documents); "
+        "longer marks get HTTP 400.",
+    )
 
 
 def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context_len: Optional[int]) -> RedknotConfig:
@@ -87,12 +95,15 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         raise ConfigError(f"--redknot-window-pool-ratio must be in (0, 1], got {args.redknot_window_pool_ratio}")
     if args.redknot_sink_cache_blocks < 0:
         raise ConfigError(f"--redknot-sink-cache-blocks must be >= 0, got {args.redknot_sink_cache_blocks}")
+    if args.redknot_max_document_tokens <= 0:
+        raise ConfigError(f"--redknot-max-document-tokens must be > 0, got {args.redknot_max_document_tokens}")
     return RedknotConfig(
         profile_source=source,
         profile=profile,
         base_backend=args.redknot_base_backend,
         window_pool_ratio=args.redknot_window_pool_ratio,
         sink_cache_blocks=args.redknot_sink_cache_blocks,
+        max_document_tokens=args.redknot_max_document_tokens,
     )
 
 

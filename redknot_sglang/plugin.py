@@ -68,7 +68,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
-    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, stats
+    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, request_spans, stats
 
     if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
         return
@@ -77,6 +77,7 @@ def register() -> None:
     HookRegistry.register(backend_name.TARGET, backend_name.support_triton, HookType.AROUND)
     HookRegistry.register(cpu_rope.TARGET, cpu_rope.rope_init, HookType.AROUND)
     HookRegistry.register(stats.TARGET, stats.get_internal_state, HookType.AFTER)
+    HookRegistry.register(request_spans.TARGET, request_spans.validate_documents, HookType.AFTER)
     for target, hook in (
         (head_split.MODEL_CONFIG, head_split.model_config_from_server_args),
         (head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator),

@@ -12,20 +12,33 @@ from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 pytestmark = pytest.mark.server
 
 COMMON = (*CPU_ARGS, "--max-total-tokens", "8192", "--random-seed", "0")
+DOCS = ["Document A: the red box holds seven coins and a key.",
+        "Document B: the blue box is empty except for a map of the old harbour and its lights."]
+DOC_PROMPT = f"Read the documents.\n{DOCS[0]}\n{DOCS[1]}\nQuestion: what does the red box hold? Answer:"
 
 
 @pytest.fixture(scope="module")
-def stock_outputs(smollm2):
+def stock_server(smollm2):
     with Server(smollm2, COMMON) as server:
-        return run_all(server)
+        yield server
 
 
-def test_all_global_redknot_matches_stock_token_for_token(smollm2, stock_outputs):
+@pytest.fixture(scope="module")
+def stock_outputs(stock_server):
+    return run_all(stock_server)
+
+
+@pytest.fixture(scope="module")
+def all_global_server(smollm2):
+    with Server(smollm2, (*COMMON, *REDKNOT_ARGS, "--redknot-max-document-tokens", "16")) as server:
+        yield server
+
+
+def test_all_global_redknot_matches_stock_token_for_token(all_global_server, stock_outputs):
     """With the all-global profile the redknot backend and cache are stock's kernels and cache:
     the same greedy tokens on /generate (single and batched) and /v1/chat/completions."""
-    with Server(smollm2, (*COMMON, *REDKNOT_ARGS)) as server:
-        ours = run_all(server)
-        log = server.log()
+    ours = run_all(all_global_server)
+    log = all_global_server.log()
     assert "source=registered('redknot')" in log
     assert "all heads global; base backend torch_native" in log
     for key in ("generate", "batch", "chat", "cached"):
@@ -49,3 +62,37 @@ def test_head_split_with_covering_windows_matches_stock(smollm2, stock_outputs, 
     assert "impl=HeadSplitRadixCache" in log and "layers reordered" in log
     assert_equivalent(ours, stock_outputs)
     assert ours["cached"][3] > 300  # the shared LONG prefix is reused (global + local + sink)
+
+
+def _generate(server, marks, text=DOC_PROMPT):
+    return server.post("/generate", {"text": text, "sampling_params": {
+        "temperature": 0, "max_new_tokens": 8, "custom_params": {"redknot_documents": marks}}})
+
+
+def test_document_marks_are_checked_and_bad_ones_get_400(all_global_server, stock_server):
+    """Marked documents pass (token ranges on /generate, text pieces on chat's extra_body);
+    overlapping, out-of-range, empty, too long or malformed marks get HTTP 400 naming the
+    problem, and the server goes on serving; a server without the redknot cache refuses marks."""
+    server = all_global_server
+    plain = server.generate({"text": DOC_PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": 8}})
+    marked = _generate(server, [[2, 12], [14, 28]])
+    assert marked.status_code == 200, marked.text
+    assert marked.json()["output_ids"] == plain["output_ids"]  # marks alone change nothing yet
+    chat = server.post("/v1/chat/completions", {
+        "model": "default", "messages": [{"role": "user", "content": DOC_PROMPT}], "max_tokens": 4,
+        "custom_params": {"redknot_documents": [{"text": DOCS[0]}]}})
+    assert chat.status_code == 200, chat.text
+    for marks, message in (
+        ([[2, 12], [10, 30]], "overlaps"),
+        ([[2, 5000]], "outside the prompt"),
+        ([[3, 3]], "empty span"),
+        ([[0, 20]], "longer than the 16 tokens"),
+        ([{"text": "not in this prompt at all"}], "not in the prompt"),
+        ("doc", "non-empty list"),
+    ):
+        r = _generate(server, marks)
+        assert r.status_code == 400, (marks, r.text)
+        assert message in r.text and "redknot_documents" in r.text, r.text
+    assert server.generate({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 4}})
+    refused = _generate(stock_server, [[2, 12]])
+    assert refused.status_code == 400 and "--radix-cache-backend redknot" in refused.text

@@ -1,0 +1,35 @@
+"""Document marks checked where SGLang checks a request's length: an AFTER hook on
+``TokenizerManager._validate_one_request`` (the HTTP server's process). A ``SpanError`` is a
+``ValueError``, which SGLang answers with HTTP 400 and the message; other requests go on.
+
+Valid marks are rewritten in place as flat token ranges ``[s0, e0, s1, e1, ...]`` (a list of
+integers, the shape ``custom_params`` values keep through SGLang's IPC) for the scheduler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redknot_sglang.config import ATTR, BACKEND_NAME
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, SpanError, resolve_spans
+
+TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
+
+
+def validate_documents(result: Any, manager: Any, obj: Any, input_ids: Any, *args: Any, **kwargs: Any) -> Any:
+    sampling = getattr(obj, "sampling_params", None)
+    params = sampling.get("custom_params") if isinstance(sampling, dict) else None
+    if not isinstance(params, dict) or DOCUMENTS_KEY not in params:
+        return result  # unmarked: exactly stock
+    cfg = getattr(manager.server_args, ATTR, None)
+    if cfg is None or manager.server_args.radix_cache_backend != BACKEND_NAME:
+        raise SpanError(f"{DOCUMENTS_KEY} needs a server started with --radix-cache-backend {BACKEND_NAME}")
+    if input_ids is None:
+        raise SpanError(f"{DOCUMENTS_KEY} needs a prompt (text or input_ids)")
+
+    def encode(text: str) -> list[int]:
+        return manager.tokenizer.encode(text, add_special_tokens=False)
+
+    spans = resolve_spans(params[DOCUMENTS_KEY], input_ids, encode, max_document_tokens=cfg.max_document_tokens)
+    params[DOCUMENTS_KEY] = [x for span in spans for x in span]
+    return result
