@@ -25,8 +25,6 @@ from redknot_sglang.heads.profile import HeadProfile
 
 logger = logging.getLogger(__name__)
 
-SWA_EVICTION_INTERVAL = 128  # SGLang frees out-of-window slots every 128 decode steps
-
 
 def per_token_bytes(profile: HeadProfile, tp_size: int, head_dim: int, kv_size: int) -> tuple[int, int]:
     """(full, window) bytes per token slot, the maximum over TP ranks."""
@@ -39,8 +37,12 @@ def per_token_bytes(profile: HeadProfile, tp_size: int, head_dim: int, kv_size: 
 
 
 def auto_window_ratio(window: int, page_size: int, context_len: int) -> float:
-    """Window slots per full slot that fit requests of ``context_len`` tokens exactly."""
-    return min(1.0, (window + SWA_EVICTION_INTERVAL + page_size) / context_len)
+    """Window slots per full slot that fit requests of ``context_len`` tokens exactly: a decoding
+    request holds its window plus what it decoded since SGLang last freed out-of-window slots."""
+    from sglang.srt.environ import envs
+
+    interval = max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get())
+    return min(1.0, (window + interval + page_size) / context_len)
 
 
 class HeadSplitPoolConfigurator(MemoryPoolConfigurator):
