@@ -5,7 +5,10 @@ For each side a server runs a Llama-3.1-8B-shaped model (dummy weights) at the s
 redknot`` and a profile with 15% global heads (window 1024, sink 64; stock uses FlashInfer).
 Requests carry distinct random prompts of ``context - max_new`` tokens and decode up to ``max_new``
 tokens (``ignore_eos``), so each one holds at most ``context`` tokens of KV and none finishes while
-the waves are measured (a finished request would look like lost capacity).
+the waves are measured (a finished request would look like lost capacity). ``max_new`` is small
+next to the context (2048 of 32768), so every request admitted already holds most of its context:
+the count is of such requests, not of shorter ones a scheduler admits on the way (with 8192 new
+tokens, stock admitted 10 requests at 24.6K tokens where 8 of 32K fit).
 
 * capacity: requests are sent in waves; the last wave asks for more than fits, and
   ``max_concurrent`` is the largest ``#running-req`` the scheduler reports once admission stalls.
@@ -158,6 +161,8 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                     res["decode_tok_s"][str(running)] = steady_throughput(server, at, running)
                     break
                 res["decode_tok_s"][str(target)] = steady_throughput(server, at, target)
+                out["contexts"][str(ctx)] = res
+                save_partial(side, out)  # a run stopped by its time limit keeps the waves it measured
                 print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]} tok/s", flush=True)
             if "max_concurrent" not in res:
                 target = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than should fit
@@ -185,7 +190,8 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
 
     profile = HeadProfile.load(args.profile_path)
     cap_rows, dec_rows = [], []
-    measured = [c for c in args.contexts if all(str(c) in sides[x]["contexts"] for x in ("stock", "redknot"))]
+    measured = [c for c in args.contexts
+                if all("max_concurrent" in sides[x]["contexts"].get(str(c), {}) for x in ("stock", "redknot"))]
     for ctx in measured:
         s, r = sides["stock"]["contexts"][str(ctx)], sides["redknot"]["contexts"][str(ctx)]
         cap_rows.append({
@@ -233,7 +239,7 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[32768, 65536])
     ap.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--mem-fraction-static", type=float, default=0.6)
-    ap.add_argument("--max-new", type=int, default=8192,
+    ap.add_argument("--max-new", type=int, default=2048,
                     help="tokens each request decodes: enough that none finishes during the measurement")
     ap.add_argument("--cuda-graph-max-bs", type=int, default=64)
     ap.add_argument("--stall-s", type=float, default=15.0)
