@@ -1,6 +1,7 @@
-"""End to end on the GPU: stock SGLang (FlashInfer) against the redknot backend and cache. Servers
-start one at a time: SGLang sizes each from the memory free when it starts, and the second one
-finds FlashInfer's JIT cache warm. Run with `pytest -m gpu` (docs/DEVICE.md)."""
+"""End to end on the GPU: stock SGLang against the redknot backend and cache on the same kernels
+(FlashInfer for the 8B shape; SGLang's Triton kernels for SmolLM2, whose first FlashInfer server
+spent 4.8 min in JIT on a cold machine). Servers start one at a time: SGLang sizes each from the
+memory free when it starts. Run with `pytest -m gpu` (docs/DEVICE.md)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ pytestmark = [pytest.mark.gpu, pytest.mark.server]
 
 # prefill CUDA graphs take minutes to capture per server; decode graphs stay on
 GPU = ("--cuda-graph-max-bs", "4", "--cuda-graph-backend-prefill", "disabled", "--random-seed", "0")
-STOCK = ("--attention-backend", "flashinfer")
 
 
-def _stock_and_all_global(model, tmp_path, extra, mem, chat=True):
-    """The outputs of a stock server and of a redknot all-global one, run one after the other."""
+def _stock_and_all_global(model, tmp_path, extra, mem, kernels, chat=True):
+    """The outputs of a stock server and of a redknot all-global one on SGLang's ``kernels``
+    backend, run one after the other."""
     common = (*GPU, *extra, "--mem-fraction-static", str(mem))
     outputs = []
-    for name, args in (("stock", STOCK), ("all_global", REDKNOT_ARGS)):
+    for name, args in (("stock", ("--attention-backend", kernels)),
+                       ("all_global", (*REDKNOT_ARGS, "--redknot-base-backend", kernels))):
         with Server(model, (*common, *args), log_path=tmp_path / f"{name}.log") as server:
             outputs.append(run_all(server, chat=chat))
     return outputs
@@ -31,7 +33,7 @@ def _stock_and_all_global(model, tmp_path, extra, mem, chat=True):
 
 @pytest.fixture(scope="module")
 def smollm2_stock_and_all_global(smollm2, tmp_path_factory):
-    return _stock_and_all_global(smollm2, tmp_path_factory.mktemp("smollm2"), (), 0.25)
+    return _stock_and_all_global(smollm2, tmp_path_factory.mktemp("smollm2"), (), 0.25, "triton")
 
 
 def test_smollm2_all_global_equals_stock_on_gpu(smollm2_stock_and_all_global):
@@ -61,6 +63,6 @@ def test_llama8b_shape_on_gpu(tmp_path):
     stock's greedy tokens exactly. (The head-split path on this model runs in the capacity and
     decode benchmarks.)"""
     extra = ("--load-format", "dummy", "--context-length", "16384")
-    stock, all_global = _stock_and_all_global(llama8b_dir(), tmp_path, extra, 0.8, chat=False)
+    stock, all_global = _stock_and_all_global(llama8b_dir(), tmp_path, extra, 0.8, "flashinfer", chat=False)
     for key in ("generate", "batch", "cached"):
         assert all_global[key] == stock[key], key
