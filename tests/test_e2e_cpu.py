@@ -96,3 +96,23 @@ def test_document_marks_are_checked_and_bad_ones_get_400(all_global_server, stoc
     assert server.generate({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 4}})
     refused = _generate(stock_server, [[2, 12]])
     assert refused.status_code == 400 and "--radix-cache-backend redknot" in refused.text
+
+
+def test_frontend_program_marks_its_documents(all_global_server):
+    """An sgl.function with document(): the marks reach the server (a document longer than the
+    server's limit fails that generation with the server's message; a short one is served)."""
+    import sglang as sgl
+
+    from redknot_sglang.frontend import RedknotEndpoint, document
+
+    @sgl.function
+    def rag(s, doc):
+        s += "Read the document.\n"
+        document(s, doc)
+        s += "\nQuestion: what does the red box hold? Answer:" + sgl.gen("answer", max_tokens=6, temperature=0)
+
+    backend = RedknotEndpoint(all_global_server.url)
+    ok = rag.run(doc=DOCS[0], backend=backend)
+    assert ok.error() is None and ok["answer"]
+    too_long = rag.run(doc=DOCS[1], backend=backend)  # 20 tokens, the server takes 16
+    assert "longer than the 16 tokens" in str(too_long.error())
