@@ -9,7 +9,6 @@ heavy modules (pools, kernels) are imported by the factories, when a server actu
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Callable
 
 from redknot_sglang.config import ATTR, BACKEND_NAME, ConfigError, add_cli_args, build_config
@@ -40,12 +39,6 @@ def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Names
         # prefill graphs narrow the batch inside the attention call; the head split computes
         # per-token sink targets from the whole batch, so prefill runs eagerly (decode graphs stay)
         args.cuda_graph_backend_prefill = "disabled"
-    if split:
-        # Once a request decodes past its window, SGLang can let go of the tree's lock on its
-        # prompt's last window (off by default). Without it a long decode holds two windows of
-        # window slots, twice what the pool is sized for (mem/sizing.py); the scheduler
-        # processes inherit the variable.
-        os.environ.setdefault("SGLANG_OPT_SWA_RELEASE_LEAF_LOCK_AFTER_WINDOW", "1")
     server_args = original(cls, args)
     setattr(server_args, ATTR, cfg)
     return server_args
@@ -75,7 +68,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
-    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, request_spans, stats, swa_admission
+    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, request_spans, stats
 
     if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
         return
@@ -85,8 +78,6 @@ def register() -> None:
     HookRegistry.register(cpu_rope.TARGET, cpu_rope.rope_init, HookType.AROUND)
     HookRegistry.register(stats.TARGET, stats.get_internal_state, HookType.AFTER)
     HookRegistry.register(request_spans.TARGET, request_spans.validate_documents, HookType.AFTER)
-    HookRegistry.register(swa_admission.INIT, swa_admission.reserve_running, HookType.AFTER)
-    HookRegistry.register(swa_admission.RESERVED, swa_admission.reserve_new, HookType.AROUND)
     for target, hook in (
         (head_split.MODEL_CONFIG, head_split.model_config_from_server_args),
         (head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator),

@@ -39,9 +39,10 @@ def per_token_bytes(profile: HeadProfile, tp_size: int, head_dim: int, kv_size: 
 def auto_window_ratio(window: int, page_size: int, context_len: int) -> float:
     """Window slots per full slot that fit requests of ``context_len`` tokens exactly: a decoding
     request holds its window plus what it decoded since SGLang last freed out-of-window slots."""
-    from redknot_sglang.hooks.swa_admission import eviction_interval
+    from sglang.srt.environ import envs
 
-    return min(1.0, (window + eviction_interval() + page_size) / context_len)
+    interval = max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get())
+    return min(1.0, (window + interval + page_size) / context_len)
 
 
 class HeadSplitPoolConfigurator(MemoryPoolConfigurator):
