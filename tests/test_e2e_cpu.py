@@ -17,35 +17,29 @@ DOCS = ["Document A: the red box holds seven coins and a key.",
 DOC_PROMPT = f"Read the documents.\n{DOCS[0]}\n{DOCS[1]}\nQuestion: what does the red box hold? Answer:"
 
 
+def _generate(server, marks, text=DOC_PROMPT):
+    return server.post("/generate", {"text": text, "sampling_params": {
+        "temperature": 0, "max_new_tokens": 8, "custom_params": {"redknot_documents": marks}}})
+
+
 @pytest.fixture(scope="module")
-def stock_server(smollm2):
+def stock(smollm2):
+    """The stock server's answers, collected before any redknot server starts: an idle SGLang CPU
+    server keeps a core busy, so the module runs one server at a time (the all-global one is
+    shared by the tests at the end)."""
     with Server(smollm2, COMMON) as server:
-        yield server
+        return {"outputs": run_all(server), "marked": _generate(server, [[2, 12]])}
 
 
 @pytest.fixture(scope="module")
-def stock_outputs(stock_server):
-    return run_all(stock_server)
+def stock_outputs(stock):
+    return stock["outputs"]
 
 
 @pytest.fixture(scope="module")
 def all_global_server(smollm2):
     with Server(smollm2, (*COMMON, *REDKNOT_ARGS, "--redknot-max-document-tokens", "16")) as server:
         yield server
-
-
-def test_all_global_redknot_matches_stock_token_for_token(all_global_server, stock_outputs):
-    """With the all-global profile the redknot backend and cache are stock's kernels and cache:
-    the same greedy tokens on /generate (single and batched) and /v1/chat/completions."""
-    ours = run_all(all_global_server)
-    log = all_global_server.log()
-    assert "source=registered('redknot')" in log
-    assert "all heads global; base backend torch_native" in log
-    for key in ("generate", "batch", "chat", "cached"):
-        assert ours[key] == stock_outputs[key], key
-    # the radix cache works as stock: the second LONG prompt reuses the first one's prefix
-    assert ours["cached"][3] > 300
-    assert "Paris" in ours["chat"][0]
 
 
 def test_head_split_with_covering_windows_matches_stock(smollm2, stock_outputs, tmp_path, smollm2_fingerprint):
@@ -64,12 +58,21 @@ def test_head_split_with_covering_windows_matches_stock(smollm2, stock_outputs, 
     assert ours["cached"][3] > 300  # the shared LONG prefix is reused (global + local + sink)
 
 
-def _generate(server, marks, text=DOC_PROMPT):
-    return server.post("/generate", {"text": text, "sampling_params": {
-        "temperature": 0, "max_new_tokens": 8, "custom_params": {"redknot_documents": marks}}})
+def test_all_global_redknot_matches_stock_token_for_token(all_global_server, stock_outputs):
+    """With the all-global profile the redknot backend and cache are stock's kernels and cache:
+    the same greedy tokens on /generate (single and batched) and /v1/chat/completions."""
+    ours = run_all(all_global_server)
+    log = all_global_server.log()
+    assert "source=registered('redknot')" in log
+    assert "all heads global; base backend torch_native" in log
+    for key in ("generate", "batch", "chat", "cached"):
+        assert ours[key] == stock_outputs[key], key
+    # the radix cache works as stock: the second LONG prompt reuses the first one's prefix
+    assert ours["cached"][3] > 300
+    assert "Paris" in ours["chat"][0]
 
 
-def test_document_marks_are_checked_and_bad_ones_get_400(all_global_server, stock_server):
+def test_document_marks_are_checked_and_bad_ones_get_400(all_global_server, stock):
     """Marked documents pass (token ranges on /generate, text pieces on chat's extra_body);
     overlapping, out-of-range, empty, too long or malformed marks get HTTP 400 naming the
     problem, and the server goes on serving; a server without the redknot cache refuses marks."""
@@ -94,7 +97,7 @@ def test_document_marks_are_checked_and_bad_ones_get_400(all_global_server, stoc
         assert r.status_code == 400, (marks, r.text)
         assert message in r.text and "redknot_documents" in r.text, r.text
     assert server.generate({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 4}})
-    refused = _generate(stock_server, [[2, 12]])
+    refused = stock["marked"]
     assert refused.status_code == 400 and "--radix-cache-backend redknot" in refused.text
 
 
