@@ -108,4 +108,3 @@ class RankHeadLayout:
             f"global per layer [{per_layer}], max window {self.max_window()}, "
             f"max sink {self.max_sink()}"
         )
-

@@ -45,8 +45,7 @@ class ReuseReference:
         self.pm = model
         self.profile = profile
         rotary = model.model.model.rotary_emb
-        head_dim = model.model.config.head_dim if hasattr(model.model.config, "head_dim") else None
-        self.rope = RopeSpec(inv_freq=rotary.inv_freq.float().cpu(), rotary_dim=head_dim or 2 * rotary.inv_freq.numel(),
+        self.rope = RopeSpec(inv_freq=rotary.inv_freq.float().cpu(), rotary_dim=2 * rotary.inv_freq.numel(),
                              neox=True)  # HF Llama's rotate_half is the neox layout
         heads = profile.heads if profile is not None else []
         self.local = [torch.tensor([not s.is_global for s in row]) for row in heads]

@@ -300,12 +300,14 @@ class SegmentStore:
     def _fit(self) -> None:
         """Spill the coldest unlocked device nodes to host until the device budget holds, then drop
         the coldest unlocked leaves until the host budget holds."""
-        while self.device_used > self.device_budget:
-            cands = [n for n in self._nodes() if n.on_device and not n.lock]
-            if not cands:
+        if self.device_used > self.device_budget:
+            for node in sorted((n for n in self._nodes() if n.on_device and not n.lock), key=lambda n: n.priority):
+                self._spill(node)
+                if self.device_used <= self.device_budget:
+                    break
+            else:
                 raise StoreError(f"redknot: segment store full on the device ({self.device_used} of "
                                  f"{self.device_budget} bytes, all in use)")
-            self._spill(min(cands, key=lambda n: n.priority))
         while self.host_used > self.host_budget:
             leaves = [n for n in self._nodes() if not n.lock and not n.children]
             cands = [n for n in leaves if not n.on_device] or leaves  # device leaves free host parents

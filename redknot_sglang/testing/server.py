@@ -119,4 +119,3 @@ class Server:
         if not r.ok:
             raise ServerError(f"/v1/chat/completions {r.status_code}: {r.text}")
         return r.json()
-
