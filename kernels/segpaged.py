@@ -125,8 +125,8 @@ def _extend(
     Q, O, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, QStart, QLens, Win, Sink,
     sm_scale,
     s_qt, s_qh, s_ot, s_oh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -141,11 +141,13 @@ def _extend(
     S = tl.load(Sink + h)
     first = seq - q_len  # position of the request's first query
 
-    ROWS: tl.constexpr = BLOCK_M * GROUP
+    # a tile row is (query, head of the group); GROUP_P = GROUP rounded up to a power of two
+    ROWS: tl.constexpr = BLOCK_M * GROUP_P
     offs_r = tl.arange(0, ROWS)
-    qi = m0 + offs_r // GROUP  # query index within the request
-    qh = h * GROUP + offs_r % GROUP
-    mask_r = qi < q_len
+    qi = m0 + offs_r // GROUP_P  # query index within the request
+    g = offs_r % GROUP_P
+    qh = h * GROUP + g
+    mask_r = (qi < q_len) & (g < GROUP)
     qpos = first + qi
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
@@ -255,14 +257,15 @@ def segpaged_extend(
     """``q_lens[b]`` queries per request at token offset ``q_starts[b]`` of ``q``/``o``, positions
     ``[seq_lens[b] - q_lens[b], seq_lens[b])``; their K/V must already be stored."""
     group, head_dim, block_d = _common(q, k_win)
-    block_m = max(1, 64 // group) if head_dim <= 64 else max(1, 32 // group)
+    group_p = triton.next_power_of_2(group)
+    block_m = max(1, (64 if head_dim <= 64 else 32) // group_p)
     grid = (rows.shape[0], k_win.shape[1], triton.cdiv(max_q_len, block_m))
     _extend[grid](
         q, o, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, q_starts, q_lens,
         window, sink, sm_scale,
         q.stride(0), q.stride(1), o.stride(0), o.stride(1), k_win.stride(0), k_win.stride(1),
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
-        GROUP=group, BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, HEAD_DIM=head_dim,
+        GROUP=group, GROUP_P=group_p, BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, HEAD_DIM=head_dim,
         num_warps=4, num_stages=2,
     )
     return o

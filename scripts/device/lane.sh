@@ -23,7 +23,7 @@ for step in "$@"; do
            nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;;
     tests) python3 -m pytest -q -p no:cacheprovider -m "gpu and not server" tests 2>&1 | tail -15 || rc=1 ;;
     e2e) python3 -m pytest -q -s -p no:cacheprovider -m "gpu and server" ${1:+-k "$1"} --basetemp=/tmp/e2e tests 2>&1 \
-           | grep -vE "^\s*$" | tail -40 || rc=1
+           | grep -vE "^\s*$" | tee "$OUT/e2e.txt" | tail -40 || rc=1
          tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
     bench) bench=$1; shift
            python3 "scripts/bench/$bench.py" "$@" || rc=1
