@@ -40,13 +40,14 @@ def run_all(server: Server, max_new_tokens: int = 24, chat: bool = True) -> dict
 def assert_same_up_to_bf16_ties(mine: list, stock: list, stock_top: list[dict], tie: float = 0.3) -> None:
     """Greedy tokens equal to stock's; a first divergence is allowed only where stock itself had a
     near tie (our token within ``tie`` nats of stock's best), as bf16 attention in another order
-    can break such ties differently. After that the sequences are different texts."""
-    assert len(mine) == len(stock)
+    can break such ties differently. After that the sequences are different texts (of any length:
+    the tie may have been an end-of-sequence token)."""
     for step, (a, b) in enumerate(zip(mine, stock)):
         if a != b:
             top = stock_top[step]
             assert a in top and top[a] >= top[b] - tie, f"step {step}: {a!r} vs stock {b!r}, stock top {top}"
             return
+    assert len(mine) == len(stock), f"same tokens, but {len(mine)} of them against stock's {len(stock)}"
 
 
 def assert_equivalent(ours: dict, stock: dict) -> None:
