@@ -9,6 +9,7 @@ heavy modules (pools, kernels) are imported by the factories, when a server actu
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Callable
 
 from redknot_sglang.config import ATTR, BACKEND_NAME, ConfigError, add_cli_args, build_config
@@ -39,6 +40,11 @@ def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Names
         # prefill graphs narrow the batch inside the attention call; the head split computes
         # per-token sink targets from the whole batch, so prefill runs eagerly (decode graphs stay)
         args.cuda_graph_backend_prefill = "disabled"
+    if split:
+        # Once a request has decoded a window past its prompt, SGLang can drop the tree's lock on
+        # the prompt's last window (off by default): without it a long decode holds two windows of
+        # window slots for its whole life. Scheduler processes inherit the variable.
+        os.environ.setdefault("SGLANG_OPT_SWA_RELEASE_LEAF_LOCK_AFTER_WINDOW", "1")
     server_args = original(cls, args)
     setattr(server_args, ATTR, cfg)
     return server_args
@@ -68,7 +74,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
-    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, request_spans, stats
+    from redknot_sglang.hooks import backend_name, cpu_rope, head_split, request_spans, stats, swa_admission
 
     if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
         return
@@ -78,6 +84,8 @@ def register() -> None:
     HookRegistry.register(cpu_rope.TARGET, cpu_rope.rope_init, HookType.AROUND)
     HookRegistry.register(stats.TARGET, stats.get_internal_state, HookType.AFTER)
     HookRegistry.register(request_spans.TARGET, request_spans.validate_documents, HookType.AFTER)
+    HookRegistry.register(swa_admission.INIT, swa_admission.reserve_running, HookType.AFTER)
+    HookRegistry.register(swa_admission.ADD, swa_admission.reserve_new, HookType.AROUND)
     for target, hook in (
         (head_split.MODEL_CONFIG, head_split.model_config_from_server_args),
         (head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator),

@@ -37,12 +37,14 @@ def per_token_bytes(profile: HeadProfile, tp_size: int, head_dim: int, kv_size: 
 
 
 def auto_window_ratio(window: int, page_size: int, context_len: int) -> float:
-    """Window slots per full slot that fit requests of ``context_len`` tokens exactly: a decoding
-    request holds its window plus what it decoded since SGLang last freed out-of-window slots."""
-    from sglang.srt.environ import envs
+    """Window slots per full slot that fit requests of ``context_len`` tokens at their peak. A
+    request that decodes past its window peaks at two windows plus SGLang's eviction interval: the
+    tree keeps its lock on the prompt's last window until the request has decoded a whole window
+    (then releases it, see ``plugin.py``), while the decode window fills and grows by up to an
+    interval between two frees of out-of-window slots (:mod:`redknot_sglang.hooks.swa_admission`)."""
+    from redknot_sglang.hooks.swa_admission import eviction_interval
 
-    interval = max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get())
-    return min(1.0, (window + interval + page_size) / context_len)
+    return min(1.0, (2 * window + eviction_interval() + page_size) / context_len)
 
 
 class HeadSplitPoolConfigurator(MemoryPoolConfigurator):

@@ -1,0 +1,42 @@
+"""Window slots of decoding requests (CPU server): a window pool of 6 x (window + SGLang's eviction
+interval) slots, twelve requests that decode across several windows (so each peaks at two windows
+plus the interval, hooks/swa_admission.py). Admission must leave room for that growth: no request
+may be retracted for lack of window slots, and all must finish with every slot free. Without the
+admission hooks decode retracts (measured: 7 running, then retractions)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from redknot_sglang.heads.synthetic import synthetic_profile
+from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
+
+pytestmark = pytest.mark.server
+
+WINDOW, INTERVAL, FULL, HELD = 48, 32, 8192, 6
+
+
+def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2_fingerprint, tmp_path):
+    path = tmp_path / "w48.json"
+    synthetic_profile(smollm2_fingerprint, global_ratio=0.15, window=WINDOW, sink=4, seed=3).save(path)
+    ratio = HELD * (WINDOW + INTERVAL + 1) / FULL
+    args = (*CPU_ARGS, *REDKNOT_ARGS, "--redknot-head-profile", str(path), "--max-total-tokens", str(FULL),
+            "--redknot-window-pool-ratio", f"{ratio:.6f}", "--random-seed", "0")
+    prompts = [f"Request {i}: " + " ".join(["count the stars above the quiet sea"] * 10) for i in range(12)]
+    with Server(smollm2, args, env={"SGLANG_SWA_EVICTION_INTERVAL": str(INTERVAL)}) as server:
+        def one(text: str) -> dict:
+            return server.generate({"text": text, "sampling_params": {"max_new_tokens": 3 * WINDOW,
+                                                                      "ignore_eos": True, "temperature": 0}})
+
+        with ThreadPoolExecutor(12) as pool:
+            outs = list(pool.map(one, prompts))
+        stats = requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
+        log = server.log()
+    assert all(o["meta_info"]["completion_tokens"] == 3 * WINDOW for o in outs)
+    print(stats)
+    assert stats["swa_available"] + stats["swa_evictable"] == stats["swa_size"]
+    assert stats["full_available"] + stats["full_evictable"] == stats["full_size"]
+    assert "Retract requests" not in log, [line for line in log.splitlines() if "Retract" in line][:3]
