@@ -140,7 +140,9 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
     else:
         ratio = auto_window_ratio(args.window, 1, min(args.contexts))
         flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile_path), "--redknot-window-pool-ratio", f"{ratio:.5f}"]
-    out: dict = {"flags": flags, "contexts": {}}
+    # a run adds its contexts to those an earlier run of this side measured (one context per call)
+    earlier = json.loads(PARTIAL.read_text()).get(side, {}) if PARTIAL.exists() else {}
+    out: dict = {"flags": flags, "contexts": dict(earlier.get("contexts", {}))}
     server = Server(model, flags, log_path=Path(args.log_dir) / f"{side}.log", timeout_s=900)
     with server:
         out["startup_s"] = round(server.startup_s, 1)
@@ -151,7 +153,8 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
         for ctx in args.contexts:
             load = Load(server, ctx - args.max_new, args.max_new, vocab)
             waves = list(args.decode_batches) if ctx == min(args.contexts) else []
-            res: dict = {"decode_tok_s": {}}
+            res: dict = {"decode_tok_s": {}, "device": device_name(), "flags": flags, "startup_s": out["startup_s"],
+                         "max_total_num_tokens": out["max_total_num_tokens"]}
             since = len(server.log())
             for target in waves:
                 load.send(target - load.sent)
@@ -190,8 +193,8 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
 
     profile = HeadProfile.load(args.profile_path)
     cap_rows, dec_rows = [], []
-    measured = [c for c in args.contexts
-                if all("max_concurrent" in sides[x]["contexts"].get(str(c), {}) for x in ("stock", "redknot"))]
+    measured = sorted(int(c) for c in sides["stock"]["contexts"]
+                      if all("max_concurrent" in sides[x]["contexts"].get(c, {}) for x in ("stock", "redknot")))
     for ctx in measured:
         s, r = sides["stock"]["contexts"][str(ctx)], sides["redknot"]["contexts"][str(ctx)]
         cap_rows.append({
@@ -199,11 +202,12 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
             "stock_max_concurrent": s["max_concurrent"],
             "redknot_max_concurrent": r["max_concurrent"],
             "ideal_factor": round(profile.ideal_factor(ctx), 3),
-            "stock_max_total_tokens": sides["stock"]["max_total_num_tokens"],
-            "redknot_max_total_tokens": sides["redknot"]["max_total_num_tokens"],
+            "stock_max_total_tokens": s["max_total_num_tokens"],
+            "redknot_max_total_tokens": r["max_total_num_tokens"],
             "measured_factor": round(r["max_concurrent"] / max(1, s["max_concurrent"]), 3),
+            "devices": sorted({s.get("device", device), r.get("device", device)}),
         })
-    ctx = min(measured)
+    ctx = min(c for c in measured if sides["stock"]["contexts"][str(c)]["decode_tok_s"])
     s_dec = sides["stock"]["contexts"][str(ctx)]["decode_tok_s"]
     r_dec = sides["redknot"]["contexts"][str(ctx)]["decode_tok_s"]
     for b in sorted({int(b) for b in (*s_dec, *r_dec)}):
@@ -214,8 +218,8 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
         "mem_fraction_static": args.mem_fraction_static,
         "profile": {"global_fraction": round(profile.global_fraction, 4), "window": args.window, "sink": args.sink},
         "request": f"prompt = context - {args.max_new} random tokens, {args.max_new} new tokens, ignore_eos",
-        "flags": {side: sides[side]["flags"] for side in sides},
-        "startup_s": {side: sides[side]["startup_s"] for side in sides},
+        "flags": {side: {c: res["flags"] for c, res in sides[side]["contexts"].items()} for side in sides},
+        "startup_s": {side: {c: res["startup_s"] for c, res in sides[side]["contexts"].items()} for side in sides},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "capacity.json").write_text(json.dumps({**common, "results": cap_rows}, indent=2) + "\n")
