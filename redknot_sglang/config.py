@@ -65,7 +65,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="Window-pool slots per full-pool slot (local heads' KV vs global heads'); default "
-        "(window + 128 + page) / context length, which fits requests of the context length.",
+        "(2 x window + 128 + page) / context length, which fits requests of the context length at "
+        "their peak (two windows while a long decode passes its first window).",
     )
     group.add_argument(
         "--redknot-sink-cache-blocks",
