@@ -1,0 +1,143 @@
+"""Time to first token of RAG requests that reuse documents in new orders: stock SGLang vs RedKnot.
+
+Workload (seeded): a pool of documents of ``doc_len`` random tokens; each request is a fixed system
+prompt, ``k`` documents in random order and a question of ``q_len`` random tokens, about
+``context_len`` tokens in all. With probability ``reuse_rate`` a document is drawn from those
+earlier requests used, else it is new. Stock SGLang's radix cache reuses only the system prompt
+(the documents' order changes the prefix); RedKnot's requests mark their documents
+(``custom_params.redknot_documents``, token ranges). Requests are sent ``concurrency`` at a time,
+streamed, and TTFT is the time to the first streamed token; the streaming client is a plain
+``requests`` one (SGLang's bench_serving client needs aiohttp, which the GPU lane does not carry).
+
+Sides: ``stock`` and ``redknot`` (marks sent). Reuse is not yet served (docs/ARCHITECTURE.md,
+"Document reuse"): until it is, the redknot side measures what marking costs (nothing should show),
+and there is no no-recovery side to run. Writes bench/results/rag_reuse.json; ``--cpu-smoke`` runs
+the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
+from redknot_sglang.heads.synthetic import synthetic_profile
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY
+from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
+from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+
+
+def workload(context_len: int, reuse_rate: float, args: argparse.Namespace, vocab: int) -> list[dict]:
+    """``args.requests`` prompts as token ids with their document ranges."""
+    rng = random.Random(f"{context_len}-{reuse_rate}")
+    tokens = lambda n: [rng.randrange(100, vocab - 100) for _ in range(n)]
+    doc_len = (context_len - args.sys_len - args.q_len) // args.k
+    system, seen, out = tokens(args.sys_len), [], []
+    for _ in range(args.requests):
+        docs = [rng.choice(seen) if seen and rng.random() < reuse_rate else tokens(doc_len) for _ in range(args.k)]
+        seen.extend(d for d in docs if d not in seen)
+        ids, spans = list(system), []
+        for d in docs:
+            spans.append([len(ids), len(ids) + len(d)])
+            ids.extend(d)
+        out.append({"input_ids": ids + tokens(args.q_len), "spans": spans})
+    return out
+
+
+def ttft(url: str, req: dict, max_new: int, marks: bool) -> float:
+    params = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
+    if marks:
+        params["custom_params"] = {DOCUMENTS_KEY: req["spans"]}
+    t0 = time.perf_counter()
+    with requests.post(url + "/generate", json={"input_ids": req["input_ids"], "sampling_params": params,
+                                                 "stream": True}, stream=True, timeout=3600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                first = time.perf_counter() - t0
+                for _ in r.iter_lines():  # drain: the request ends before the next one is timed
+                    pass
+                return first
+    raise RuntimeError("the stream ended without a token")
+
+
+def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path) -> dict:
+    flags = ["--context-length", str(max(args.contexts) + 64), "--random-seed", "0"]
+    flags += [*CPU_ARGS] if args.cpu_smoke else ["--load-format", "dummy", "--mem-fraction-static",
+                                                 str(args.mem_fraction_static), "--cuda-graph-backend-prefill", "disabled"]
+    if side == "redknot":
+        flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile)]
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    out: dict = {"flags": flags, "results": {}}
+    with Server(model, flags, log_path=Path(args.log_dir) / f"rag_{side}.log", timeout_s=900) as server:
+        for ctx in args.contexts:
+            for rate in args.reuse_rates:
+                reqs = workload(ctx, rate, args, vocab)
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    times = list(pool.map(lambda q: ttft(server.url, q, args.max_new, side == "redknot"), reqs))
+                wall = time.perf_counter() - t0
+                requests.post(server.url + "/flush_cache", timeout=60)
+                times.sort()
+                row = {"ttft_p50_s": round(statistics.median(times), 4),
+                       "ttft_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
+                       "req_per_s": round(len(times) / wall, 3)}
+                out["results"][f"{ctx}/{rate}"] = row
+                print(f"[{side}] ctx {ctx} reuse {rate}: {row}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--contexts", type=int, nargs="+", default=[8192, 16384, 32768])
+    ap.add_argument("--reuse-rates", type=float, nargs="+", default=[0.8])
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--k", type=int, default=4, help="documents per request")
+    ap.add_argument("--sys-len", type=int, default=256)
+    ap.add_argument("--q-len", type=int, default=64)
+    ap.add_argument("--max-new", type=int, default=8)
+    ap.add_argument("--mem-fraction-static", type=float, default=0.6)
+    ap.add_argument("--log-dir", default="/tmp")
+    ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
+    args = ap.parse_args()
+    model = smollm2_dir() if args.cpu_smoke else llama8b_dir()
+    results = Path("/tmp/redknot-bench-smoke") if args.cpu_smoke else RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    window, sink = (64, 4) if args.cpu_smoke else (1024, 64)
+    profile = results / f"{model.name}_15pct_w{window}_s{sink}.heads.json"
+    synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=0.15, window=window, sink=sink, seed=0).save(profile)
+    sides = {side: run_side(side, args, model, profile) for side in ("stock", "redknot")}
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    rows = []
+    print(f"\nTTFT ({device}; {args.requests} requests, {args.k} documents each, concurrency {args.concurrency})")
+    print(f"{'context':>8} {'reuse':>6} {'stock p50':>10} {'redknot p50':>12} {'stock p99':>10} {'redknot p99':>12}")
+    for key, s in sides["stock"]["results"].items():
+        r = sides["redknot"]["results"][key]
+        ctx, rate = key.split("/")
+        rows.append({"context_len": int(ctx), "reuse_rate": float(rate),
+                     "stock_ttft_p50_s": s["ttft_p50_s"], "redknot_ttft_p50_s": r["ttft_p50_s"],
+                     "norecovery_ttft_p50_s": None, "stock_ttft_p99_s": s["ttft_p99_s"],
+                     "redknot_ttft_p99_s": r["ttft_p99_s"],
+                     "stock_req_per_s": s["req_per_s"], "redknot_req_per_s": r["req_per_s"]})
+        print(f"{ctx:>8} {rate:>6} {s['ttft_p50_s']:>10.3f} {r['ttft_p50_s']:>12.3f} "
+              f"{s['ttft_p99_s']:>10.3f} {r['ttft_p99_s']:>12.3f}")
+    (results / "rag_reuse.json").write_text(json.dumps(
+        {"device": device, "reuse_served": False, "flags": {k: v["flags"] for k, v in sides.items()},
+         "workload": {k: getattr(args, k) for k in ("requests", "concurrency", "k", "sys_len", "q_len", "max_new")},
+         "results": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
