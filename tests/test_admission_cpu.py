@@ -12,13 +12,22 @@ import pytest
 import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
+from redknot_sglang.hooks.swa_admission import window_growth
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
-
-pytestmark = pytest.mark.server
 
 WINDOW, INTERVAL, FULL, HELD = 48, 32, 8192, 6
 
 
+def test_window_growth():
+    """The decode window fills up to W, plus the interval between two frees; nothing once done."""
+    assert window_growth(decoded=0, remaining=144, window=48, interval=32) == 48 + 32
+    assert window_growth(decoded=20, remaining=124, window=48, interval=32) == 28 + 32
+    assert window_growth(decoded=60, remaining=84, window=48, interval=32) == 32  # window full
+    assert window_growth(decoded=0, remaining=10, window=48, interval=32) == 10 + 32  # short answer
+    assert window_growth(decoded=144, remaining=0, window=48, interval=32) == 0
+
+
+@pytest.mark.server
 def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2_fingerprint, tmp_path):
     path = tmp_path / "w48.json"
     synthetic_profile(smollm2_fingerprint, global_ratio=0.15, window=WINDOW, sink=4, seed=3).save(path)
