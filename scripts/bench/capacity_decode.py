@@ -35,18 +35,13 @@ import requests
 from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.mem.sizing import auto_window_ratio
+from redknot_sglang.testing.bench_sides import SidesFile, device_name
 from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 DECODE_RE = re.compile(r"Decode batch.*?#running-req: (\d+).*?gen throughput \(token/s\): ([\d.]+), #queue-req: (\d+)")
 GLOBAL = 0.15
-
-
-def device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 class Load:
@@ -117,14 +112,7 @@ def steady_throughput(server: Server, since: int, running: int, lines: int = 2, 
     return None
 
 
-PARTIAL = RESULTS / "_partial_capacity_decode.json"
-
-
-def save_partial(side: str, out: dict) -> None:
-    sides = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
-    sides[side] = out
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    PARTIAL.write_text(json.dumps(sides, indent=2))
+PARTIAL = SidesFile(RESULTS / "_partial_capacity_decode.json")
 
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Path) -> dict:
@@ -141,7 +129,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
         ratio = auto_window_ratio(args.window, 1, min(args.contexts))
         flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile_path), "--redknot-window-pool-ratio", f"{ratio:.5f}"]
     # a run adds its contexts to those an earlier run of this side measured (one context per call)
-    earlier = json.loads(PARTIAL.read_text()).get(side, {}) if PARTIAL.exists() else {}
+    earlier = PARTIAL.side(side)
     out: dict = {"flags": flags, "contexts": dict(earlier.get("contexts", {}))}
     server = Server(model, flags, log_path=Path(args.log_dir) / f"{side}.log", timeout_s=900)
     with server:
@@ -165,7 +153,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                     break
                 res["decode_tok_s"][str(target)] = steady_throughput(server, at, target)
                 out["contexts"][str(ctx)] = res
-                save_partial(side, out)  # a run stopped by its time limit keeps the waves it measured
+                PARTIAL.save(side, out)  # a run stopped by its time limit keeps the waves it measured
                 print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]} tok/s", flush=True)
             if "max_concurrent" not in res:
                 target = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than should fit
@@ -184,7 +172,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
             time.sleep(3)
             requests.post(server.url + "/flush_cache", timeout=60)
             out["contexts"][str(ctx)] = res
-            save_partial(side, out)
+            PARTIAL.save(side, out)
     return out
 
 
@@ -260,7 +248,7 @@ def main() -> None:
     if args.cpu_smoke:
         global RESULTS, PARTIAL
         RESULTS = Path("/tmp/redknot-bench-smoke")
-        PARTIAL = RESULTS / "_partial_capacity_decode.json"
+        PARTIAL = SidesFile(RESULTS / "_partial_capacity_decode.json")
     model = smollm2_dir() if args.cpu_smoke else llama8b_dir()
     RESULTS.mkdir(parents=True, exist_ok=True)
     args.profile_path = args.profile_path or str(RESULTS / f"{model.name}_15pct_w{args.window}_s{args.sink}.heads.json")
@@ -270,10 +258,10 @@ def main() -> None:
     if not args.merge:
         for side in (("stock", "redknot") if args.side == "both" else (args.side,)):
             run_side(side, args, model, Path(args.profile_path))
-    sides = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
-    if "stock" in sides and "redknot" in sides:
+    sides = PARTIAL.complete()
+    if sides is not None:
         write_results(sides, args, device_name())
-        PARTIAL.unlink(missing_ok=True)
+        PARTIAL.clear()
 
 
 if __name__ == "__main__":

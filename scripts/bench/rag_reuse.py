@@ -11,8 +11,10 @@ streamed, and TTFT is the time to the first streamed token; the streaming client
 
 Sides: ``stock`` and ``redknot`` (marks sent). Reuse is not yet served (docs/ARCHITECTURE.md,
 "Document reuse"): until it is, the redknot side measures what marking costs (nothing should show),
-and there is no no-recovery side to run. Writes bench/results/rag_reuse.json; ``--cpu-smoke`` runs
-the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
+and there is no no-recovery side to run. ``--side`` runs one side per device call (the partial file
+carries the other, see :mod:`redknot_sglang.testing.bench_sides`). Writes
+bench/results/rag_reuse.json; ``--cpu-smoke`` runs the procedure with SmolLM2 on this CPU at tiny
+sizes (to /tmp).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import requests
 from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY
+from redknot_sglang.testing.bench_sides import SIDES, SidesFile, device_name
 from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
@@ -70,7 +73,7 @@ def ttft(url: str, req: dict, max_new: int, marks: bool) -> float:
     raise RuntimeError("the stream ended without a token")
 
 
-def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path) -> dict:
+def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
     flags = ["--context-length", str(max(args.contexts) + 64), "--random-seed", "0"]
     flags += [*CPU_ARGS] if args.cpu_smoke else ["--load-format", "dummy", "--mem-fraction-static",
                                                  str(args.mem_fraction_static), "--cuda-graph-backend-prefill", "disabled"]
@@ -92,12 +95,13 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path) ->
                        "ttft_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
                        "req_per_s": round(len(times) / wall, 3)}
                 out["results"][f"{ctx}/{rate}"] = row
+                partial.save(side, out)
                 print(f"[{side}] ctx {ctx} reuse {rate}: {row}", flush=True)
-    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", choices=("both", *SIDES), default="both")
     ap.add_argument("--contexts", type=int, nargs="+", default=[8192, 16384, 32768])
     ap.add_argument("--reuse-rates", type=float, nargs="+", default=[0.8])
     ap.add_argument("--requests", type=int, default=32)
@@ -116,11 +120,13 @@ def main() -> None:
     window, sink = (64, 4) if args.cpu_smoke else (1024, 64)
     profile = results / f"{model.name}_15pct_w{window}_s{sink}.heads.json"
     synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=0.15, window=window, sink=sink, seed=0).save(profile)
-    sides = {side: run_side(side, args, model, profile) for side in ("stock", "redknot")}
-    import torch
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    rows = []
+    partial = SidesFile(results / "_partial_rag_reuse.json")
+    for side in SIDES if args.side == "both" else (args.side,):
+        run_side(side, args, model, profile, partial)
+    sides = partial.complete()
+    if sides is None:
+        return
+    device, rows = device_name(), []
     print(f"\nTTFT ({device}; {args.requests} requests, {args.k} documents each, concurrency {args.concurrency})")
     print(f"{'context':>8} {'reuse':>6} {'stock p50':>10} {'redknot p50':>12} {'stock p99':>10} {'redknot p99':>12}")
     for key, s in sides["stock"]["results"].items():
@@ -137,6 +143,7 @@ def main() -> None:
         {"device": device, "reuse_served": False, "flags": {k: v["flags"] for k, v in sides.items()},
          "workload": {k: getattr(args, k) for k in ("requests", "concurrency", "k", "sys_len", "q_len", "max_new")},
          "results": rows}, indent=2) + "\n")
+    partial.clear()
 
 
 if __name__ == "__main__":
