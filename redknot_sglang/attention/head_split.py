@@ -131,9 +131,16 @@ class HeadSplitAttnBackend(AttentionBackend):
     def _store(self, layer: Any, forward_batch: Any, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> None:
         pool = self.token_to_kv_pool
         loc = forward_batch.out_cache_loc
+        g = self.layout.layers[layer.layer_id].num_global
+        if self.local_impl == "triton":  # one launch for both pools and the sink rows
+            from redknot_sglang.kernels.kv_store import store_kv
+
+            full_k, full_v = pool.get_kv_buffer(layer.layer_id)
+            store_kv(k, v, loc, rows, forward_batch.positions, full_k, full_v, *pool.local_buffers(layer.layer_id),
+                     pool.full_to_swa_index_mapping, g)
+            return
         pool.set_kv_buffer(layer, KVWriteLoc(loc, pool.translate_loc_from_full_to_swa(loc)), k, v)
         if self.sink:
-            g = self.layout.layers[layer.layer_id].num_global
             srows, spos = sink_targets(rows, forward_batch.positions, self.sink)
             pool.store_sink(layer.layer_id, srows, spos, k[:, g:], v[:, g:])
 
