@@ -3,7 +3,7 @@
 #   setup        install carried wheels + this project, unpack carried models (scripts/device/setup.sh)
 #   tests        pytest -m gpu, kernel tests only (no servers)
 #   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
-#   bench NAME   scripts/bench/NAME.py ARGS (kernel benchmarks: decode_kernel, global_decode_splits)
+#   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, global_decode_splits, rag_reuse --side S)
 #   serving ARGS scripts/bench/capacity_decode.py ARGS, stopped after $LANE_SERVING_S (540) seconds so
 #                that its partial results still come back within the device's 600 s per call
 # usage: bash scripts/device/lane.sh setup tests "bench decode_kernel" "e2e llama8b"
@@ -27,7 +27,8 @@ for step in "$@"; do
          tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
     bench) bench=$1; shift
            python3 "scripts/bench/$bench.py" "$@" || rc=1
-           cp "bench/results/$bench.json" "$OUT/" ;;
+           # a one-side run (--side) leaves its partial file for the next call instead of the JSON
+           cp "bench/results/$bench.json" "bench/results/_partial_$bench.json" "$OUT/" 2>/dev/null ;;
     serving) timeout -s TERM "${LANE_SERVING_S:-540}" python3 scripts/bench/capacity_decode.py --log-dir /tmp "$@" || rc=1
              cp bench/results/capacity.json bench/results/decode.json bench/results/_partial_capacity_decode.json "$OUT/" 2>/dev/null
              for f in /tmp/stock.log /tmp/redknot.log; do [ -f $f ] && tail -c 2000000 $f | gzip > "$OUT/$(basename $f).gz"; done ;;
