@@ -85,7 +85,8 @@ class HeadSplitAttnBackend(AttentionBackend):
             self.base = ATTENTION_BACKENDS[base_backend](model_runner)
         _fit_triton_to_global_group(self.base, layout)
         self.device = model_runner.device
-        # local heads: our Triton kernels on CUDA, the torch path on CPU (tests may pick either)
+        # local heads' attention and every K/V store: our Triton kernels on CUDA, the torch path on
+        # CPU (tests may pick either)
         self.local_impl = "triton" if str(self.device).startswith("cuda") else "torch"
         self.sink = self.token_to_kv_pool.sink
         self.windows = [torch.tensor(lh.window, dtype=torch.int32, device=self.device) for lh in layout.layers]

@@ -3,7 +3,7 @@
 A GPU call may run 600 s and a server takes 2-5 minutes to start, so a benchmark runs one side (and
 possibly one context) per call and keeps what it measured in a partial file, carried from one call
 to the next as an untracked file. Once every side is in, the benchmark writes its JSON and the
-partial file is deleted.
+partial file is deleted. Both sides get the same flags but ours (:func:`side_flags`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,37 @@ from pathlib import Path
 from typing import Optional
 
 SIDES = ("stock", "redknot")
+GLOBAL = 0.15  # the benchmarks' profile: 15% global heads
+
+
+def bench_profile(model: Path, window: int, sink: int, directory: Path) -> Path:
+    """The benchmarks' seeded synthetic profile for ``model``, written once into ``directory``."""
+    from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
+    from redknot_sglang.heads.synthetic import synthetic_profile
+
+    path = directory / f"{model.name}_15pct_w{window}_s{sink}.heads.json"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=window, sink=sink,
+                          seed=0).save(path)
+    return path
+
+
+def side_flags(side: str, *, context_len: int, cpu_smoke: bool, mem_fraction_static: float, profile: Path) -> list[str]:
+    """Server flags of one side: the same for both but the attention backend and cache (stock:
+    FlashInfer on the GPU, torch_native on CPU; redknot: ours with ``profile``). On the GPU the model
+    has dummy weights and prefill runs without CUDA graphs (minutes of capture per server)."""
+    from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS
+
+    flags = ["--context-length", str(context_len + 64), "--random-seed", "0"]
+    if cpu_smoke:  # the whole procedure on this CPU, SmolLM2, tiny sizes: checks the script, not speed
+        flags += CPU_ARGS
+    else:
+        flags += ["--load-format", "dummy", "--mem-fraction-static", str(mem_fraction_static),
+                  "--cuda-graph-backend-prefill", "disabled"]
+    if side == "stock":
+        return [*flags, "--attention-backend", "torch_native" if cpu_smoke else "flashinfer"]
+    return [*flags, *REDKNOT_ARGS, "--redknot-head-profile", str(profile)]
 
 
 def device_name() -> str:

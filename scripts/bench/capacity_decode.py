@@ -32,16 +32,13 @@ from pathlib import Path
 
 import requests
 
-from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
-from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.mem.sizing import auto_window_ratio
-from redknot_sglang.testing.bench_sides import SidesFile, device_name
+from redknot_sglang.testing.bench_sides import SidesFile, bench_profile, device_name, side_flags
 from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
-from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
+from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 DECODE_RE = re.compile(r"Decode batch.*?#running-req: (\d+).*?gen throughput \(token/s\): ([\d.]+), #queue-req: (\d+)")
-GLOBAL = 0.15
 
 
 class Load:
@@ -116,33 +113,26 @@ PARTIAL = SidesFile(RESULTS / "_partial_capacity_decode.json")
 
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Path) -> dict:
-    ctx_max = max(args.contexts)
-    flags = ["--context-length", str(ctx_max + 64), "--decode-log-interval", "20", "--random-seed", "0"]
-    if args.cpu_smoke:  # the whole procedure on this CPU, SmolLM2, tiny sizes: checks the script, not speed
-        flags += [*CPU_ARGS, "--max-total-tokens", "6000"]
-    else:
-        flags += ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction_static),
-                  "--cuda-graph-backend-prefill", "disabled", "--cuda-graph-max-bs", str(args.cuda_graph_max_bs)]
-    if side == "stock":
-        flags += ["--attention-backend", "torch_native" if args.cpu_smoke else "flashinfer"]
-    else:
-        ratio = auto_window_ratio(args.window, 1, min(args.contexts))
-        flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile_path), "--redknot-window-pool-ratio", f"{ratio:.5f}"]
+    flags = side_flags(side, context_len=max(args.contexts), cpu_smoke=args.cpu_smoke,
+                       mem_fraction_static=args.mem_fraction_static, profile=profile_path)
+    flags += ["--decode-log-interval", "20"]
+    flags += ["--max-total-tokens", "6000"] if args.cpu_smoke else ["--cuda-graph-max-bs", str(args.cuda_graph_max_bs)]
+    if side == "redknot":
+        flags += ["--redknot-window-pool-ratio", f"{auto_window_ratio(args.window, 1, min(args.contexts)):.5f}"]
     # a run adds its contexts to those an earlier run of this side measured (one context per call)
-    earlier = PARTIAL.side(side)
-    out: dict = {"flags": flags, "contexts": dict(earlier.get("contexts", {}))}
+    out: dict = {"contexts": dict(PARTIAL.side(side).get("contexts", {}))}
     server = Server(model, flags, log_path=Path(args.log_dir) / f"{side}.log", timeout_s=900)
     with server:
-        out["startup_s"] = round(server.startup_s, 1)
+        startup_s = round(server.startup_s, 1)
         info = requests.get(server.url + "/get_server_info", timeout=30).json()
-        out["max_total_num_tokens"] = info.get("max_total_num_tokens") or info["internal_states"][0].get("max_total_num_tokens")
-        print(f"[{side}] up in {server.startup_s:.0f} s, max_total_num_tokens={out['max_total_num_tokens']}", flush=True)
+        max_total = info.get("max_total_num_tokens") or info["internal_states"][0].get("max_total_num_tokens")
+        print(f"[{side}] up in {startup_s:.0f} s, max_total_num_tokens={max_total}", flush=True)
         vocab = json.loads((model / "config.json").read_text())["vocab_size"]
         for ctx in args.contexts:
             load = Load(server, ctx - args.max_new, args.max_new, vocab)
             waves = list(args.decode_batches) if ctx == min(args.contexts) else []
-            res: dict = {"decode_tok_s": {}, "device": device_name(), "flags": flags, "startup_s": out["startup_s"],
-                         "max_total_num_tokens": out["max_total_num_tokens"]}
+            res: dict = {"decode_tok_s": {}, "device": device_name(), "flags": flags, "startup_s": startup_s,
+                         "max_total_num_tokens": max_total}
             since = len(server.log())
             for target in waves:
                 load.send(target - load.sent)
@@ -156,7 +146,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                 PARTIAL.save(side, out)  # a run stopped by its time limit keeps the waves it measured
                 print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]} tok/s", flush=True)
             if "max_concurrent" not in res:
-                target = int(1.15 * out["max_total_num_tokens"] / ctx) + 2  # more than should fit
+                target = int(1.15 * max_total / ctx) + 2  # more than should fit
                 while True:
                     load.send(max(target, load.sent + 1) - load.sent)
                     running, at = wait_admitted(server, 10**6, since, stall_s=args.stall_s, timeout_s=args.wave_timeout_s)
@@ -251,10 +241,7 @@ def main() -> None:
         PARTIAL = SidesFile(RESULTS / "_partial_capacity_decode.json")
     model = smollm2_dir() if args.cpu_smoke else llama8b_dir()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    args.profile_path = args.profile_path or str(RESULTS / f"{model.name}_15pct_w{args.window}_s{args.sink}.heads.json")
-    if not Path(args.profile_path).exists():
-        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=args.window,
-                          sink=args.sink, seed=0).save(args.profile_path)
+    args.profile_path = args.profile_path or str(bench_profile(model, args.window, args.sink, RESULTS))
     if not args.merge:
         for side in (("stock", "redknot") if args.side == "both" else (args.side,)):
             run_side(side, args, model, Path(args.profile_path))

@@ -29,12 +29,10 @@ from pathlib import Path
 
 import requests
 
-from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
-from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY
-from redknot_sglang.testing.bench_sides import SIDES, SidesFile, device_name
+from redknot_sglang.testing.bench_sides import SIDES, SidesFile, bench_profile, device_name, side_flags
 from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
-from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
+from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -74,11 +72,8 @@ def ttft(url: str, req: dict, max_new: int, marks: bool) -> float:
 
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
-    flags = ["--context-length", str(max(args.contexts) + 64), "--random-seed", "0"]
-    flags += [*CPU_ARGS] if args.cpu_smoke else ["--load-format", "dummy", "--mem-fraction-static",
-                                                 str(args.mem_fraction_static), "--cuda-graph-backend-prefill", "disabled"]
-    if side == "redknot":
-        flags += [*REDKNOT_ARGS, "--redknot-head-profile", str(profile)]
+    flags = side_flags(side, context_len=max(args.contexts), cpu_smoke=args.cpu_smoke,
+                       mem_fraction_static=args.mem_fraction_static, profile=profile)
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     out: dict = {"flags": flags, "results": {}}
     with Server(model, flags, log_path=Path(args.log_dir) / f"rag_{side}.log", timeout_s=900) as server:
@@ -118,8 +113,7 @@ def main() -> None:
     results = Path("/tmp/redknot-bench-smoke") if args.cpu_smoke else RESULTS
     results.mkdir(parents=True, exist_ok=True)
     window, sink = (64, 4) if args.cpu_smoke else (1024, 64)
-    profile = results / f"{model.name}_15pct_w{window}_s{sink}.heads.json"
-    synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=0.15, window=window, sink=sink, seed=0).save(profile)
+    profile = bench_profile(model, window, sink, results)
     partial = SidesFile(results / "_partial_rag_reuse.json")
     for side in SIDES if args.side == "both" else (args.side,):
         run_side(side, args, model, profile, partial)
