@@ -34,6 +34,8 @@ class RedknotConfig:
     window_pool_ratio: Optional[float] = None
     sink_cache_blocks: int = 32
     max_document_tokens: int = 16384
+    segment_store_gb: float = 4.0
+    segment_host_gb: float = 16.0
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -81,6 +83,20 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="Longest document a request may mark for reuse (custom_params.redknot_documents); "
         "longer marks get HTTP 400.",
     )
+    group.add_argument(
+        "--redknot-segment-store-gb",
+        type=float,
+        default=4.0,
+        help="GPU memory for marked documents' cached KV (global heads' every token, local heads' "
+        "sink and window), outside --mem-fraction-static; 0 turns document reuse off (marks are "
+        "then checked and served as stock).",
+    )
+    group.add_argument(
+        "--redknot-segment-host-gb",
+        type=float,
+        default=16.0,
+        help="Host memory (pinned on CUDA) that cold documents spill to before they are dropped.",
+    )
 
 
 def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context_len: Optional[int]) -> RedknotConfig:
@@ -98,6 +114,8 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         raise ConfigError(f"--redknot-sink-cache-blocks must be >= 0, got {args.redknot_sink_cache_blocks}")
     if args.redknot_max_document_tokens <= 0:
         raise ConfigError(f"--redknot-max-document-tokens must be > 0, got {args.redknot_max_document_tokens}")
+    if args.redknot_segment_store_gb < 0 or args.redknot_segment_host_gb < 0:
+        raise ConfigError("--redknot-segment-store-gb and --redknot-segment-host-gb must be >= 0")
     return RedknotConfig(
         profile_source=source,
         profile=profile,
@@ -105,6 +123,8 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         window_pool_ratio=args.redknot_window_pool_ratio,
         sink_cache_blocks=args.redknot_sink_cache_blocks,
         max_document_tokens=args.redknot_max_document_tokens,
+        segment_store_gb=args.redknot_segment_store_gb,
+        segment_host_gb=args.redknot_segment_host_gb,
     )
 
 

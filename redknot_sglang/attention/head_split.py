@@ -27,6 +27,7 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from redknot_sglang.attention.local_torch import local_attention_torch
 from redknot_sglang.heads.layout import RankHeadLayout
 from redknot_sglang.mem.head_split_pool import HeadSplitKVPool, sink_targets
+from redknot_sglang.reuse.rope import RopeSpec
 
 
 @contextlib.contextmanager
@@ -59,6 +60,14 @@ def _fit_triton_to_global_group(base: Any, layout: RankHeadLayout) -> None:
     base.max_kv_splits = max(base.max_kv_splits, GLOBAL_DECODE_SPLITS)
 
 
+def _rotary_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's rotary embedding (SGLang's ``RotaryEmbedding`` or a variant of it)."""
+    for m in model.modules():
+        if hasattr(m, "_compute_inv_freq") and hasattr(m, "rotary_dim"):
+            return m
+    raise RuntimeError("redknot: document reuse needs a model with rotary position embeddings")
+
+
 @contextlib.contextmanager
 def _own_output(forward_batch: Any):
     """Hide a preallocated whole-layer output from the base backend, which would write its
@@ -85,6 +94,7 @@ class HeadSplitAttnBackend(AttentionBackend):
             self.base = ATTENTION_BACKENDS[base_backend](model_runner)
         _fit_triton_to_global_group(self.base, layout)
         self.device = model_runner.device
+        self.model = getattr(model_runner, "model", None)  # RoPE of document reuse
         # local heads' attention and every K/V store: our Triton kernels on CUDA, the torch path on
         # CPU (tests may pick either)
         self.local_impl = "triton" if str(self.device).startswith("cuda") else "torch"
@@ -97,6 +107,11 @@ class HeadSplitAttnBackend(AttentionBackend):
     # ------------------------------------------------------------------ metadata
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self.token_to_kv_pool.flush_sink_copies()
+        reuse = self.token_to_kv_pool.document_reuse
+        if reuse is not None:
+            if reuse.rope is None:
+                reuse.rope = RopeSpec.of(_rotary_of(self.model))
+            reuse.begin_forward(forward_batch.forward_mode.is_extend())
         self.base.init_forward_metadata(forward_batch)
         if forward_batch.forward_mode.is_extend():
             self._extend_rows = torch.repeat_interleave(
@@ -154,6 +169,8 @@ class HeadSplitAttnBackend(AttentionBackend):
             v = v.view(-1, layer.tp_v_head_num, d)
             rows = forward_batch.req_pool_indices if decode else self._extend_rows
             self._store(layer, forward_batch, k, v, rows)
+            if not decode and self.token_to_kv_pool.document_reuse is not None:
+                self.token_to_kv_pool.document_reuse.capture(layer.layer_id, k, v)
         q3 = q.view(-1, layer.tp_q_head_num, d)
         o = torch.empty_like(q3)
         ng = heads.num_global * group

@@ -21,6 +21,19 @@ def create_tree_cache(ctx: Any) -> Any:
     from redknot_sglang.config import get_redknot
     from redknot_sglang.mem.sink_cache import SinkCache
 
+    cfg = get_redknot(ctx.server_args)
     ctx.params.tree_components = (ComponentType.FULL, ComponentType.SWA)
-    sinks = SinkCache(get_redknot(ctx.server_args).sink_cache_blocks, pool.sink)
-    return HeadSplitRadixCache(ctx.params, pool, sinks)
+    sinks = SinkCache(cfg.sink_cache_blocks, pool.sink)
+    reuse = None
+    if cfg.segment_store_gb > 0:
+        from redknot_sglang.reuse.segment_store import SegmentStore
+        from redknot_sglang.reuse.serving import DocumentReuse
+
+        store = SegmentStore(pool.layout, head_dim=pool.head_dim, dtype=pool.dtype, device=pool.device,
+                             device_bytes=int(cfg.segment_store_gb * (1 << 30)),
+                             host_bytes=int(cfg.segment_host_gb * (1 << 30)),
+                             max_document_tokens=cfg.max_document_tokens)
+        model_key = f"{ctx.server_args.model_path}|{cfg.profile.model.model_dump_json()}"
+        reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator, model_key=model_key)
+        pool.document_reuse = reuse  # the attention backend's way to it
+    return HeadSplitRadixCache(ctx.params, pool, sinks, reuse)

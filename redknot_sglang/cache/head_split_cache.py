@@ -16,17 +16,24 @@ tree does not know is the sink, the first ``S`` tokens a local head always reads
 
 Row ownership: ``_row_filled[row]`` is the ``req_to_token`` row generation whose sink the row holds;
 SGLang bumps the generation each time it hands the row to a request.
+
+Document reuse (:class:`~redknot_sglang.reuse.serving.DocumentReuse`, when the store is on): a
+request holding placed KV is approximate, so its tokens are never inserted; it keeps its own slots
+past the exact prefix and frees them when it ends.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+import torch
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult, zero_match_result
+from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
 from redknot_sglang.mem.sink_cache import SinkCache
+from redknot_sglang.reuse.serving import DocumentReuse, is_approximate
 
 
 def first_tokens(req: Any, n: int) -> Sequence[int]:
@@ -37,11 +44,18 @@ def first_tokens(req: Any, n: int) -> Sequence[int]:
 
 
 class HeadSplitRadixCache(UnifiedRadixCache):
-    def __init__(self, params: Any, pool: HeadSplitKVPool, sinks: SinkCache):
+    def __init__(self, params: Any, pool: HeadSplitKVPool, sinks: SinkCache,
+                 document_reuse: Optional[DocumentReuse] = None):
         super().__init__(params)
         self.pool = pool
         self.sinks = sinks
+        self.document_reuse = document_reuse
         self._row_filled: dict[int, int] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        if getattr(self, "document_reuse", None) is not None:  # SGLang's __init__ resets too
+            self.document_reuse.clear()
 
     # ------------------------------------------------------------------ match
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
@@ -65,7 +79,10 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     def on_extend_allocated(self, batch: Any) -> None:
         """Give each request of a new extend batch its sink: computed by the batch itself (no
-        prefix), already in its row (a later chunk), or copied from the cache (a reused prefix)."""
+        prefix), already in its row (a later chunk), or copied from the cache (a reused prefix);
+        note the batch's document tokens to capture."""
+        if self.document_reuse is not None:
+            self.document_reuse.plan_capture(batch)
         if self.sinks.sink == 0:
             return
         for req, prefix_len in zip(batch.reqs, batch.prefix_lens):
@@ -97,11 +114,23 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     # ------------------------------------------------------------------ insert
     def cache_unfinished_req(self, req: Any, chunked: bool = False, **kwargs: Any) -> None:
+        if is_approximate(req):
+            # not inserted: the next chunk extends the request's own row; window slots that fell
+            # out of the window are freed as SGLang frees them for a request it does not insert
+            fill = len(req.get_fill_ids())
+            req.prefix_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, :fill].to(torch.int64, copy=True)
+            free_swa_out_of_window_slots(req, fill - 1, sliding_window_size=self.sliding_window_size,
+                                         page_size=self.page_size, req_to_token_pool=self.req_to_token_pool,
+                                         token_to_kv_pool_allocator=self.token_to_kv_pool_allocator)
+            return
         if not self.disable:
             self._publish_sink(req, len(req.get_fill_ids()))
         super().cache_unfinished_req(req, chunked=chunked, **kwargs)
 
     def cache_finished_req(self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int, **kwargs: Any) -> None:
+        if self.document_reuse is not None:
+            self.document_reuse.release(req)
+            is_insert = is_insert and not is_approximate(req)
         if is_insert and not self.disable:
             self._publish_sink(req, kv_len_to_handle)
         super().cache_finished_req(req, is_insert=is_insert, kv_len_to_handle=kv_len_to_handle, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from redknot_sglang.config import ATTR, BACKEND_NAME
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, SpanError, resolve_spans
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY, SpanError, resolve_spans
 
 TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 
@@ -26,6 +26,8 @@ def validate_documents(result: Any, manager: Any, obj: Any, input_ids: Any, *arg
         raise SpanError(f"{DOCUMENTS_KEY} needs a server started with --radix-cache-backend {BACKEND_NAME}")
     if input_ids is None:
         raise SpanError(f"{DOCUMENTS_KEY} needs a prompt (text or input_ids)")
+    if not isinstance(params.get(RECOVERY_KEY, True), bool):
+        raise SpanError(f"{RECOVERY_KEY} must be true or false, got {params[RECOVERY_KEY]!r:.40}")
 
     def encode(text: str) -> list[int]:
         return manager.tokenizer.encode(text, add_special_tokens=False)

@@ -2,7 +2,8 @@
 
 An AFTER hook on ``Scheduler.get_internal_state`` adds, per scheduler: both allocators' free and
 total slots, the tree's evictable/protected tokens per pool, running/waiting requests, and the sink
-cache occupancy. Tests use it to check that every slot comes back; operators to see the split.
+cache occupancy and the document store's counters. Tests use it to check that every slot comes
+back; operators to see the split.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def pool_stats(scheduler: Any) -> dict:
     sinks = getattr(tree, "sinks", None)
     if sinks is not None:
         stats.update(sink_blocks_used=len(sinks), sink_blocks_total=sinks.num_blocks)
+    reuse = getattr(tree, "document_reuse", None)
+    if reuse is not None:
+        stats["documents"] = {**reuse.stats, **reuse.store.stats()}
     return stats
 
 

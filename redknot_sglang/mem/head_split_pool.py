@@ -102,6 +102,7 @@ class HeadSplitKVPool(BaseSWAKVPool):
         self.v_sink_blk = [torch.zeros(sink_blocks, self.sink, h, head_dim, dtype=dtype, device=device) for h in loc]
         self.full_to_swa_index_mapping: Optional[torch.Tensor] = None
         self._pending: list[tuple[bool, int, int]] = []  # (to_block, row, block)
+        self.document_reuse = None  # set by the radix cache when the segment store is on
         k, v = self.get_kv_size_bytes()
         self.mem_usage = (k + v) / GB
         logger.info(

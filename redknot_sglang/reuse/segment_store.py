@@ -144,6 +144,11 @@ class SegmentStore:
             self._touch(node)
         return DocumentMatch(ns, nodes[-1])
 
+    def contains(self, ns: Namespace, tokens: Sequence[int]) -> bool:
+        """Whether the document is cached (not counted as a use)."""
+        nodes = self._walk(ns, tuple(tokens))
+        return nodes is not None and "k_tail" in nodes[-1].kv
+
     def gather(self, match: DocumentMatch) -> DocumentKV:
         """The document's KV on the store's device (spilled nodes come back first)."""
         self.lock(match)
@@ -315,6 +320,13 @@ class SegmentStore:
                 raise StoreError(f"redknot: segment store full on the host ({self.host_used} of "
                                  f"{self.host_budget} bytes, all in use or shared)")
             self._drop(min(cands, key=lambda n: n.priority))
+
+    def clear(self) -> None:
+        """Forget every document (SGLang's ``/flush_cache``); nothing may be locked."""
+        if any(n.lock for n in self._nodes()):
+            raise RuntimeError("redknot: SegmentStore.clear while documents are in use")
+        self._roots.clear()
+        self.device_used = self.host_used = 0
 
     # ------------------------------------------------------------------ introspection
     def _walk(self, ns: Namespace, tokens: tuple[int, ...]) -> list[_Node] | None:

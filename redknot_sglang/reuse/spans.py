@@ -5,6 +5,7 @@ A request marks its documents in ``sampling_params.custom_params`` (native ``/ge
 
     "custom_params": {"redknot_documents": [[120, 1144], [1144, 2100]]}   # token ranges [start, end)
     "custom_params": {"redknot_documents": [{"text": "...doc one..."}, {"text": "...doc two..."}]}
+    "custom_params": {"redknot_documents": [...], "redknot_recovery": false}  # place every document
 
 Text pieces are found in the prompt's token ids, in order (each after the previous span). The
 resolved token ranges replace the marks (as ``[[start, end], ...]``), so the scheduler receives
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 DOCUMENTS_KEY = "redknot_documents"
+RECOVERY_KEY = "redknot_recovery"  # optional, default true: recompute documents after the first
 
 
 class SpanError(ValueError):

@@ -9,12 +9,15 @@ earlier requests used, else it is new. Stock SGLang's radix cache reuses only th
 streamed, and TTFT is the time to the first streamed token; the streaming client is a plain
 ``requests`` one (SGLang's bench_serving client needs aiohttp, which the GPU lane does not carry).
 
-Sides: ``stock`` and ``redknot`` (marks sent). Reuse is not yet served (docs/ARCHITECTURE.md,
-"Document reuse"): until it is, the redknot side measures what marking costs (nothing should show),
-and there is no no-recovery side to run. ``--side`` runs one side per device call (the partial file
-carries the other, see :mod:`redknot_sglang.testing.bench_sides`). Writes
-bench/results/rag_reuse.json; ``--cpu-smoke`` runs the procedure with SmolLM2 on this CPU at tiny
-sizes (to /tmp).
+Sides: ``stock``, and ``redknot`` (marks sent), which runs each workload twice on one server: with
+recovery (the default: the first document after the system prompt is placed from the segment
+store, later ones are recomputed at their true positions) and without (``redknot_recovery: false``:
+every cached document in a row is placed). ``/flush_cache`` empties the tree and the store before
+each run, so each starts cold and documents enter the store at their first use. The server's reuse
+counters (placed tokens, captured documents) are recorded with each run. ``--side`` runs one side
+per device call (the partial file carries the other, see
+:mod:`redknot_sglang.testing.bench_sides`). Writes bench/results/rag_reuse.json; ``--cpu-smoke``
+runs the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import requests
 
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
 from redknot_sglang.testing.bench_sides import SIDES, SidesFile, bench_profile, device_name, side_flags
 from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
 from redknot_sglang.testing.server import Server
@@ -54,10 +57,13 @@ def workload(context_len: int, reuse_rate: float, args: argparse.Namespace, voca
     return out
 
 
-def ttft(url: str, req: dict, max_new: int, marks: bool) -> float:
+MODES = {"stock": {"stock": None}, "redknot": {"redknot": True, "norecovery": False}}  # side -> mode -> recovery
+
+
+def ttft(url: str, req: dict, max_new: int, recovery: bool | None) -> float:
     params = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
-    if marks:
-        params["custom_params"] = {DOCUMENTS_KEY: req["spans"]}
+    if recovery is not None:
+        params["custom_params"] = {DOCUMENTS_KEY: req["spans"], RECOVERY_KEY: recovery}
     t0 = time.perf_counter()
     with requests.post(url + "/generate", json={"input_ids": req["input_ids"], "sampling_params": params,
                                                  "stream": True}, stream=True, timeout=3600) as r:
@@ -71,27 +77,39 @@ def ttft(url: str, req: dict, max_new: int, marks: bool) -> float:
     raise RuntimeError("the stream ended without a token")
 
 
+def reuse_counters(url: str) -> dict:
+    state = requests.get(url + "/get_server_info", timeout=60).json()["internal_states"][0]
+    return state.get("redknot", {}).get("documents", {})
+
+
 def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
     flags = side_flags(side, context_len=max(args.contexts), cpu_smoke=args.cpu_smoke,
                        mem_fraction_static=args.mem_fraction_static, profile=profile)
+    if side == "redknot":
+        flags += ["--redknot-segment-store-gb", str(args.segment_store_gb)]
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     out: dict = {"flags": flags, "results": {}}
     with Server(model, flags, log_path=Path(args.log_dir) / f"rag_{side}.log", timeout_s=900) as server:
         for ctx in args.contexts:
             for rate in args.reuse_rates:
                 reqs = workload(ctx, rate, args, vocab)
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(args.concurrency) as pool:
-                    times = list(pool.map(lambda q: ttft(server.url, q, args.max_new, side == "redknot"), reqs))
-                wall = time.perf_counter() - t0
-                requests.post(server.url + "/flush_cache", timeout=60)
-                times.sort()
-                row = {"ttft_p50_s": round(statistics.median(times), 4),
-                       "ttft_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
-                       "req_per_s": round(len(times) / wall, 3)}
-                out["results"][f"{ctx}/{rate}"] = row
-                partial.save(side, out)
-                print(f"[{side}] ctx {ctx} reuse {rate}: {row}", flush=True)
+                for mode, recovery in MODES[side].items():
+                    requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
+                    before = reuse_counters(server.url)
+                    t0 = time.perf_counter()
+                    with ThreadPoolExecutor(args.concurrency) as pool:
+                        times = sorted(pool.map(lambda q: ttft(server.url, q, args.max_new, recovery), reqs))
+                    wall = time.perf_counter() - t0
+                    after = reuse_counters(server.url)
+                    row = {"ttft_p50_s": round(statistics.median(times), 4),
+                           "ttft_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
+                           "req_per_s": round(len(times) / wall, 3),
+                           "prompt_tokens": sum(len(q["input_ids"]) for q in reqs),
+                           **{k: after[k] - before.get(k, 0) for k in ("placed_tokens", "captured_documents")
+                              if k in after}}
+                    out["results"][f"{ctx}/{rate}/{mode}"] = row
+                    partial.save(side, out)
+                    print(f"[{mode}] ctx {ctx} reuse {rate}: {row}", flush=True)
 
 
 def main() -> None:
@@ -106,6 +124,7 @@ def main() -> None:
     ap.add_argument("--q-len", type=int, default=64)
     ap.add_argument("--max-new", type=int, default=8)
     ap.add_argument("--mem-fraction-static", type=float, default=0.6)
+    ap.add_argument("--segment-store-gb", type=float, default=12.0, help="redknot side's document store (GPU)")
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
     args = ap.parse_args()
@@ -121,20 +140,25 @@ def main() -> None:
     if sides is None:
         return
     device, rows = device_name(), []
+    res = {side: sides[side]["results"] for side in SIDES}
     print(f"\nTTFT ({device}; {args.requests} requests, {args.k} documents each, concurrency {args.concurrency})")
-    print(f"{'context':>8} {'reuse':>6} {'stock p50':>10} {'redknot p50':>12} {'stock p99':>10} {'redknot p99':>12}")
-    for key, s in sides["stock"]["results"].items():
-        r = sides["redknot"]["results"][key]
-        ctx, rate = key.split("/")
+    print(f"{'context':>8} {'reuse':>6} {'stock p50':>10} {'redknot p50':>12} {'norecov p50':>12} "
+          f"{'stock p99':>10} {'redknot p99':>12} {'speedup':>8}")
+    for key, s in res["stock"].items():
+        ctx, rate, _ = key.split("/")
+        r, n = res["redknot"][f"{ctx}/{rate}/redknot"], res["redknot"][f"{ctx}/{rate}/norecovery"]
         rows.append({"context_len": int(ctx), "reuse_rate": float(rate),
                      "stock_ttft_p50_s": s["ttft_p50_s"], "redknot_ttft_p50_s": r["ttft_p50_s"],
-                     "norecovery_ttft_p50_s": None, "stock_ttft_p99_s": s["ttft_p99_s"],
-                     "redknot_ttft_p99_s": r["ttft_p99_s"],
-                     "stock_req_per_s": s["req_per_s"], "redknot_req_per_s": r["req_per_s"]})
-        print(f"{ctx:>8} {rate:>6} {s['ttft_p50_s']:>10.3f} {r['ttft_p50_s']:>12.3f} "
-              f"{s['ttft_p99_s']:>10.3f} {r['ttft_p99_s']:>12.3f}")
+                     "norecovery_ttft_p50_s": n["ttft_p50_s"], "stock_ttft_p99_s": s["ttft_p99_s"],
+                     "redknot_ttft_p99_s": r["ttft_p99_s"], "norecovery_ttft_p99_s": n["ttft_p99_s"],
+                     "stock_req_per_s": s["req_per_s"], "redknot_req_per_s": r["req_per_s"],
+                     "norecovery_req_per_s": n["req_per_s"],
+                     "redknot_placed_tokens": r.get("placed_tokens"), "norecovery_placed_tokens": n.get("placed_tokens"),
+                     "prompt_tokens": s["prompt_tokens"]})
+        print(f"{ctx:>8} {rate:>6} {s['ttft_p50_s']:>10.3f} {r['ttft_p50_s']:>12.3f} {n['ttft_p50_s']:>12.3f} "
+              f"{s['ttft_p99_s']:>10.3f} {r['ttft_p99_s']:>12.3f} {s['ttft_p50_s'] / r['ttft_p50_s']:>7.2f}x")
     (results / "rag_reuse.json").write_text(json.dumps(
-        {"device": device, "reuse_served": False, "flags": {k: v["flags"] for k, v in sides.items()},
+        {"device": device, "model": model.name, "flags": {k: v["flags"] for k, v in sides.items()},
          "workload": {k: getattr(args, k) for k in ("requests", "concurrency", "k", "sys_len", "q_len", "max_new")},
          "results": rows}, indent=2) + "\n")
     partial.clear()

@@ -1,0 +1,287 @@
+"""``DocumentReuse``: the segment store inside SGLang's serving path (head-split servers).
+
+Two halves, one object, the same process (SGLang runs the model in the scheduler's process and
+thread; GPU work is queued here and runs on the forward's stream):
+
+* scheduler side, called by :class:`~redknot_sglang.cache.head_split_cache.HeadSplitRadixCache`
+  and the admission hook: :meth:`place` gives an admitted request full slots for the cached
+  documents right after its exact prefix (:mod:`redknot_sglang.reuse.placement`) and makes them
+  part of its prefix, so SGLang computes only the rest; :meth:`plan_capture` notes which tokens of
+  an extend batch belong to documents the store does not have yet.
+* forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
+  queued placements into the pool, :meth:`capture` copies each layer's new K/V of noted documents,
+  and after the last layer a complete document enters the store, turned back to position 0.
+
+Who owns which slots::
+
+    req_to_token row:  [0, p)           [p, x)                          [x, seq)
+                       tree's (locked)  placed: the request's own       the request's own
+                                        full slot each; window slot     (SGLang's extend)
+                                        only for the last min(x-p, W)
+
+A request with placed KV is *approximate*: its tokens never enter the radix tree (the cache frees
+``[p, seq)`` at the end instead of inserting), so no other request takes placed or recovered KV
+as an exact prefix. Captured documents are KV computed in their first request's context, at their
+prompt positions, and stored turned back to positions ``[0, n)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import torch
+
+from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces, window_rows
+from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
+from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
+
+logger = logging.getLogger(__name__)
+
+# placed slots are allocated in chunks so that the window slots they take at once stay small
+_ALLOC_CHUNK = 4096
+
+
+def documents_of(req: Any) -> Optional[RequestDocuments]:
+    return RequestDocuments.of(getattr(req.sampling_params, "custom_params", None))
+
+
+def is_approximate(req: Any) -> bool:
+    """Whether the request holds placed (relocated) KV, which never enters the radix tree."""
+    return getattr(req, "redknot_placed", 0) > 0
+
+
+@dataclasses.dataclass
+class _Placement:
+    slots: torch.Tensor  # full slots of the placed positions, in prompt order
+    pieces: list[Piece]
+    keep: int  # the last `keep` positions have window slots
+
+
+@dataclasses.dataclass(eq=False)
+class _Capture:
+    """A document being captured from the request that computes it first."""
+
+    key: tuple[Namespace, tuple[int, ...]]
+    span: tuple[int, int]
+    kv: Optional[DocumentKV] = None  # allocated on the forward side
+    filled: int = 0
+
+
+class DocumentReuse:
+    def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, model_key: str):
+        self.store = store
+        self.pool = pool
+        self.allocator = allocator
+        self.model_key = model_key
+        self.cols = store.cols
+        self.window, self.sink = self.cols.window, self.cols.sink
+        self.rope: Optional[RopeSpec] = None  # set by the attention backend from the model
+        self._placed: dict[str, _Placement] = {}  # rid -> placement not yet written
+        self._captures: dict[str, list[_Capture]] = {}  # rid -> its documents being captured
+        self._capturing: set[tuple[Namespace, tuple[int, ...]]] = set()
+        self._next_plan: Optional[list[tuple[_Capture, int, int, int]]] = None
+        self._plan: list[tuple[_Capture, int, int, int]] = []
+        self.stats = {"placed_requests": 0, "placed_tokens": 0, "captured_documents": 0, "store_errors": 0}
+
+    def namespace(self, req: Any) -> Namespace:
+        return Namespace(model=self.model_key, salt=req.extra_key)
+
+    # ------------------------------------------------------------------ scheduler side
+    def place(self, req: Any, tree: Any) -> bool:
+        """Before admission: replace the documents after the request's exact prefix by placed KV
+        (its prefix grows by them). Undone by :meth:`unplace` if the request is not admitted."""
+        req.redknot_placed = 0
+        docs = documents_of(req)
+        exact = len(req.prefix_indices)
+        if docs is None or exact == 0 or exact < self.sink or self.allocator.page_size != 1:
+            return False
+        fill = req.full_untruncated_fill_ids
+        ns = self.namespace(req)
+        pieces = plan_pieces(docs.spans, exact, len(fill), lambda s, e: self.store.match(ns, fill[s:e]),
+                             recovery=docs.recovery)
+        if not pieces:
+            return False
+        n = sum(p.length for p in pieces)
+        keep = min(n, self.window)
+        slots = self._alloc(n, keep, req, tree)
+        if slots is None:
+            return False
+        for p in pieces:
+            self.store.lock(p.match)
+        self._placed[req.rid] = _Placement(slots, pieces, keep)
+        req.prefix_indices = torch.cat([req.prefix_indices, slots.to(req.prefix_indices.dtype)])
+        req.redknot_placed = n
+        return True
+
+    def unplace(self, req: Any) -> None:
+        pl = self._placed.pop(req.rid)
+        self.allocator.free(pl.slots)
+        for p in pl.pieces:
+            self.store.unlock(p.match)
+        req.prefix_indices = req.prefix_indices[: len(req.prefix_indices) - req.redknot_placed]
+        req.redknot_placed = 0
+
+    def _alloc(self, n: int, keep: int, req: Any, tree: Any) -> Optional[torch.Tensor]:
+        """``n`` full slots whose last ``keep`` have window slots, evicting from the tree (the
+        request's own prefix locked) if needed; None if they cannot be had."""
+        from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+        alloc = self.allocator
+        swa_peak = keep + min(n, _ALLOC_CHUNK)
+        short_full = max(0, n - alloc.full_available_size())
+        short_swa = max(0, swa_peak - alloc.swa_available_size())
+        if short_full or short_swa:
+            locked = tree.inc_lock_ref(req.last_node)
+            try:
+                tree.evict(EvictParams(num_tokens=short_full, swa_num_tokens=short_swa))
+            finally:
+                tree.dec_lock_ref(req.last_node, locked.to_dec_params())
+        parts: list[torch.Tensor] = []
+        for a in range(0, n, _ALLOC_CHUNK):
+            b = min(n, a + _ALLOC_CHUNK)
+            got = alloc.alloc(b - a)
+            if got is None:
+                for part in parts:
+                    alloc.free(part)
+                return None
+            out_of_window = max(0, min(b, n - keep) - a)
+            alloc.free_swa(got[:out_of_window])
+            parts.append(got)
+        return torch.cat(parts)
+
+    def plan_capture(self, batch: Any) -> None:
+        """After an extend batch has its slots: which of its tokens belong to documents to capture
+        (entries ``(capture, batch token offset, document offset, tokens)``)."""
+        plan, offset = [], 0
+        for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
+            caps = self._captures.get(req.rid)
+            if caps is None:
+                caps = self._captures[req.rid] = self._new_captures(req, pre)
+            for cap in caps:
+                a, b = max(cap.span[0], pre), min(cap.span[1], pre + ext)
+                if a < b:
+                    plan.append((cap, offset + a - pre, a - cap.span[0], b - a))
+            offset += ext
+        self._next_plan = plan
+
+    def _new_captures(self, req: Any, prefix_len: int) -> list[_Capture]:
+        docs = documents_of(req)
+        if docs is None:
+            return []
+        ns, ids, out = self.namespace(req), req.origin_input_ids, []
+        for s, e in docs.spans:
+            key = (ns, tuple(ids[s:e]))
+            if (s < prefix_len or e - s > self.store.max_document_tokens or key in self._capturing
+                    or self.store.contains(*key)):
+                continue
+            self._capturing.add(key)
+            out.append(_Capture(key=key, span=(s, e)))
+        return out
+
+    def release(self, req: Any) -> None:
+        """The request is done (finished, aborted or retracted): drop its unfinished captures."""
+        for cap in self._captures.pop(req.rid, []):
+            self._capturing.discard(cap.key)
+
+    def clear(self) -> None:
+        self._captures.clear()
+        self._capturing.clear()
+        self.store.clear()
+
+    # ------------------------------------------------------------------ forward side
+    def begin_forward(self, is_extend: bool) -> None:
+        """Write placements queued since the last forward; take the batch's capture plan."""
+        if self._placed:
+            placed, self._placed = self._placed, {}
+            for pl in placed.values():
+                self._write(pl)
+        if is_extend:
+            self._plan, self._next_plan = self._next_plan or [], None
+
+    def _turn(self, k: torch.Tensor, delta: int) -> torch.Tensor:
+        return relocate_torch(k, self.rope, delta)
+
+    def _write(self, pl: _Placement) -> None:
+        pool, dt = self.pool, self.pool.dtype
+        kvs, start = [], 0
+        for p in pl.pieces:
+            kv = self.store.gather(p.match)
+            kvs.append(kv)
+            slots = pl.slots[start : start + p.length]
+            k = self._turn(kv.k_global[p.doc_from : p.doc_from + p.length], p.delta)
+            v = kv.v_global[p.doc_from : p.doc_from + p.length]
+            for layer in range(len(pool.full_kv_pool.k)):
+                c = self.cols.global_cols(layer)
+                pool.full_kv_pool.k[layer][slots] = k[:, c].to(dt)
+                pool.full_kv_pool.v[layer][slots] = v[:, c].to(dt)
+            start += p.length
+        ends = torch.cumsum(torch.tensor([p.length for p in pl.pieces]), 0).tolist()
+        for i, row, n in window_rows(pl.pieces, pl.keep, self.window):
+            p, kv = pl.pieces[i], kvs[i]
+            win = pool.full_to_swa_index_mapping[pl.slots[ends[i] - n : ends[i]]]
+            k = self._turn(kv.k_tail[row : row + n], p.delta)
+            v = kv.v_tail[row : row + n]
+            for layer in range(len(pool.swa_kv_pool.k)):
+                c = self.cols.local_cols(layer)
+                pool.swa_kv_pool.k[layer][win] = k[:, c].to(dt)
+                pool.swa_kv_pool.v[layer][win] = v[:, c].to(dt)
+        for p in pl.pieces:
+            self.store.unlock(p.match)
+        self.stats["placed_requests"] += 1
+        self.stats["placed_tokens"] += len(pl.slots)
+
+    def capture(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Copy layer ``layer``'s new K/V (``[tokens, heads, D]``, global heads first) of the
+        planned document tokens; after the last layer, store the documents that are complete."""
+        if not self._plan:
+            return
+        g = self.cols.global_cols(layer)
+        lo = self.cols.local_cols(layer)
+        ng = g.stop - g.start
+        for cap, off, doc_off, n in self._plan:
+            kv = cap.kv or self._alloc_capture(cap)
+            kv.k_global[doc_off : doc_off + n, g] = k[off : off + n, :ng]
+            kv.v_global[doc_off : doc_off + n, g] = v[off : off + n, :ng]
+            doc_len = cap.span[1] - cap.span[0]
+            for dst_k, dst_v, first in ((kv.k_sink, kv.v_sink, 0),
+                                        (kv.k_tail, kv.v_tail, doc_len - kv.k_tail.shape[0])):
+                a, b = max(doc_off, first), min(doc_off + n, first + dst_k.shape[0])
+                if a < b:
+                    src = slice(off + a - doc_off, off + b - doc_off)
+                    dst_k[a - first : b - first, lo] = k[src, ng:]
+                    dst_v[a - first : b - first, lo] = v[src, ng:]
+        if layer == len(self.cols.g_start) - 2:
+            self._end_capture()
+
+    def _alloc_capture(self, cap: _Capture) -> DocumentKV:
+        n = cap.span[1] - cap.span[0]
+        c, d, dt, dev = self.cols, self.store.head_dim, self.pool.dtype, self.pool.device
+
+        def buf(rows: int, heads: int) -> torch.Tensor:
+            return torch.empty(rows, heads, d, dtype=dt, device=dev)
+
+        cap.kv = DocumentKV(k_global=buf(n, c.num_global), v_global=buf(n, c.num_global),
+                            k_sink=buf(min(n, c.sink), c.num_local), v_sink=buf(min(n, c.sink), c.num_local),
+                            k_tail=buf(min(n, c.window), c.num_local), v_tail=buf(min(n, c.window), c.num_local))
+        return cap.kv
+
+    def _end_capture(self) -> None:
+        plan, self._plan = self._plan, []
+        for cap, _, _, n in plan:
+            cap.filled += n
+        for cap in {id(c): c for c, *_ in plan}.values():
+            if cap.filled < cap.span[1] - cap.span[0]:
+                continue
+            self._capturing.discard(cap.key)
+            kv, delta = cap.kv, -cap.span[0]
+            kv = dataclasses.replace(kv, k_global=self._turn(kv.k_global, delta),
+                                     k_sink=self._turn(kv.k_sink, delta), k_tail=self._turn(kv.k_tail, delta))
+            cap.kv = None
+            try:
+                self.store.insert(cap.key[0], cap.key[1], kv)
+                self.stats["captured_documents"] += 1
+            except StoreError as e:  # too large, or the store is full of documents in use
+                self.stats["store_errors"] += 1
+                logger.warning("%s; the document is served without reuse", e)

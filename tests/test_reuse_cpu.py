@@ -1,0 +1,112 @@
+"""Document reuse end to end on CPU: a SmolLM2 head-split server (15% global heads, window 64,
+sink 4) captures marked documents at first use and places them in later requests that put them
+in a new order, with and without recovery; approximate KV never serves an unmarked request, other
+tenants never see a document, and every slot comes back."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from redknot_sglang.heads.synthetic import synthetic_profile
+from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
+
+pytestmark = pytest.mark.server
+
+rng = random.Random(0)
+SYS, D1, D2, D3, Q = ([rng.randrange(100, 40000) for _ in range(n)] for n in (20, 150, 90, 120, 10))
+
+
+def body(docs, *, recovery=None, marks=True, salt=None):
+    ids, spans = list(SYS), []
+    for d in docs:
+        spans.append([len(ids), len(ids) + len(d)])
+        ids += d
+    params = {"temperature": 0, "max_new_tokens": 6}
+    if marks:
+        params["custom_params"] = {"redknot_documents": spans}
+        if recovery is not None:
+            params["custom_params"]["redknot_recovery"] = recovery
+    out = {"input_ids": ids + Q, "sampling_params": params}
+    if salt is not None:
+        out["extra_key"] = salt
+    return out
+
+
+def stats(server):
+    return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
+
+
+def assert_all_slots_back(s):
+    assert s["full_available"] + s["full_evictable"] == s["full_size"], s
+    assert s["swa_available"] + s["swa_evictable"] == s["swa_size"], s
+    assert s["full_protected"] == s["swa_protected"] == 0 and s["req_rows_free"] == s["req_rows_total"], s
+
+
+@pytest.fixture(scope="module")
+def server(smollm2, smollm2_fingerprint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("reuse") / "profile.json"
+    synthetic_profile(smollm2_fingerprint, global_ratio=0.15, window=64, sink=4, seed=1).save(path)
+    args = (*CPU_ARGS, *REDKNOT_ARGS, "--max-total-tokens", "8192", "--random-seed", "0",
+            "--redknot-head-profile", str(path), "--redknot-window-pool-ratio", "0.5",
+            "--chunked-prefill-size", "128")  # documents span chunks
+    with Server(smollm2, args) as s:
+        yield s
+
+
+def generate(server, payload):
+    r = server.post("/generate", payload)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    return out["output_ids"], out["meta_info"]["cached_tokens"]
+
+
+def test_documents_are_captured_then_placed_in_a_new_order(server):
+    _, cached = generate(server, body([D1, D2]))
+    docs = stats(server)["documents"]
+    assert cached == 0 and docs["captured_documents"] == 2 and docs["documents"] == 2
+
+    # without recovery both documents are placed: only the query is computed
+    _, cached = generate(server, body([D2, D1], recovery=False))
+    docs = stats(server)["documents"]
+    assert cached == len(SYS) + len(D2) + len(D1)
+    assert (docs["placed_requests"], docs["placed_tokens"]) == (1, len(D2) + len(D1))
+
+    # with recovery (the default) only the first: D1 is recomputed at its true positions
+    recovered, cached = generate(server, body([D2, D1]))
+    assert cached == len(SYS) + len(D2)
+    assert stats(server)["documents"]["placed_tokens"] == 2 * len(D2) + len(D1)
+
+    # the same prompt unmarked: only the exact system prompt is reused, never placed KV
+    plain, cached = generate(server, body([D2, D1], marks=False))
+    assert cached == len(SYS)
+    assert len(recovered) == len(plain) == 6
+
+    # a new first document is computed and captured; the run of placements stops at it
+    _, cached = generate(server, body([D3, D1, D2], recovery=False))
+    s = stats(server)
+    assert cached == len(SYS) and s["documents"]["captured_documents"] == 3
+    assert_all_slots_back(s)
+
+
+def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
+    generate(server, body([D1, D2], salt="tenant-a"))  # its own capture: no document is placed
+    placed = stats(server)["documents"]["placed_tokens"]
+    _, cached = generate(server, body([D2, D1], recovery=False, salt="tenant-a"))
+    assert cached == len(SYS) + len(D2) + len(D1)
+    _, cached = generate(server, body([D2, D1], recovery=False, salt="tenant-b"))
+    assert cached == 0  # tenant b shares neither the system prompt nor the documents
+    assert stats(server)["documents"]["placed_tokens"] == placed + len(D2) + len(D1)
+    bad = body([D1])
+    bad["sampling_params"]["custom_params"]["redknot_recovery"] = "yes"
+    r = server.post("/generate", bad)
+    assert r.status_code == 400 and "redknot_recovery must be true or false" in r.text
+
+
+def test_flush_cache_empties_the_tree_and_the_document_store(server):
+    assert server.post("/flush_cache", {}).status_code == 200
+    s = stats(server)
+    assert s["full_available"] == s["full_size"] and s["swa_available"] == s["swa_size"]
+    assert s["documents"]["documents"] == 0 and s["documents"]["device_bytes"] == 0
