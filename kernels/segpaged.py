@@ -29,11 +29,15 @@ import triton.language as tl
 
 @triton.jit
 def _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h, offs_d, mask_d,
-             s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t):
+             s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, MAPPED: tl.constexpr):
     """K and V ``[BLOCK_N, D]`` of positions ``pos`` of one request and KV head: sink row where
-    ``in_sink``, window slots where ``in_win``, zeros elsewhere."""
-    full = tl.load(Req2Tok + row * s_r2t + pos, mask=in_win, other=0)
-    slot = tl.load(Map + full, mask=in_win, other=0)
+    ``in_sink``, window slots where ``in_win`` (full slots themselves unless ``MAPPED``), zeros
+    elsewhere."""
+    full = tl.load(Req2Tok + row * s_r2t + pos, mask=in_win, other=0).to(tl.int64)
+    if MAPPED:
+        slot = tl.load(Map + full, mask=in_win, other=0)
+    else:
+        slot = full
     sink_off = row * s_sr + pos[:, None] * s_sp + h * s_sh + offs_d[None, :]
     win_off = slot[:, None] * s_wn + h * s_wh + offs_d[None, :]
     m_sink = in_sink[:, None] & mask_d[None, :]
@@ -49,7 +53,7 @@ def _decode_split(
     sm_scale,
     s_qb, s_qh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t, s_mob, s_moh, s_mos, s_mlb, s_mlh,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, MAPPED: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -81,7 +85,7 @@ def _decode_split(
         in_win = valid & (t >= n_sink)
         pos = tl.where(t < n_sink, t, win_lo + t - n_sink)
         k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h,
-                        offs_d, mask_d, s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t)
+                        offs_d, mask_d, s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, MAPPED)
         qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -173,7 +177,7 @@ def _extend(
             valid = pos < hi
             k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos,
                             valid & (part == 0), valid & (part == 1), h, offs_d, mask_d,
-                            s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t)
+                            s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, True)
             qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
             seen = valid[None, :] & (pos[None, :] <= qpos[:, None])
             if part == 1:
@@ -215,12 +219,14 @@ def _sm_count(device: torch.device) -> int:
 
 def segpaged_decode(
     q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
-    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor,
+    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor | None,
     rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor, sink: torch.Tensor,
     sm_scale: float, max_keys: int, num_splits: int | None = None, tuning: dict | None = None,
 ) -> torch.Tensor:
     """One query per request (``q``/``o`` ``[batch, Hq_local, D]``); ``max_keys`` bounds
-    ``sink + window`` over the heads (it only sets the split count)."""
+    ``sink + window`` over the heads (it only sets the split count). Without ``full_to_swa``,
+    ``k_win``/``v_win`` are indexed by the full slots of ``req_to_token`` themselves
+    (:func:`full_decode`)."""
     group, head_dim, block_d = _common(q, k_win)
     batch, local_heads = q.shape[0], k_win.shape[1]
     tune = {**DECODE_TUNING, **(tuning or {})}
@@ -229,14 +235,16 @@ def segpaged_decode(
         batch, local_heads, max_keys, block_n, tune["programs_per_sm"] * _sm_count(q.device))
     mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
+    mapped = full_to_swa is not None
     _decode_split[(batch, local_heads, splits)](
-        q, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, window, sink,
+        q, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa if mapped else req_to_token, rows, seq_lens,
+        window, sink,
         mid_o, mid_lse, sm_scale,
         q.stride(0), q.stride(1), k_win.stride(0), k_win.stride(1),
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, HEAD_DIM=head_dim, NUM_SPLITS=splits,
+        BLOCK_D=block_d, HEAD_DIM=head_dim, NUM_SPLITS=splits, MAPPED=mapped,
         num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )
     _decode_reduce[(batch, q.shape[1])](
@@ -246,6 +254,26 @@ def segpaged_decode(
         NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, HEAD_DIM=head_dim,
     )
     return o
+
+
+FULL_WINDOW = 1 << 30  # "every key": a window no context reaches
+
+
+def full_window(heads: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head window and sink of heads that read every key (:func:`full_decode`)."""
+    return (torch.full((heads,), FULL_WINDOW, dtype=torch.int32, device=device),
+            torch.zeros(heads, dtype=torch.int32, device=device))
+
+
+def full_decode(q: torch.Tensor, o: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor,
+                sink: torch.Tensor, sm_scale: float, max_keys: int) -> torch.Tensor:
+    """Decode of global heads, keys ``[0, seq)`` in the full slots of ``req_to_token``: the same
+    split-K kernel with window :data:`FULL_WINDOW` and sink 0 (``window``/``sink`` from
+    :func:`full_window`), unmapped. Its split count follows the batch and ``max_keys`` (the
+    context length), so one or two KV heads of one request still fill the GPU."""
+    return segpaged_decode(q, o, k_buf, v_buf, k_buf, v_buf, req_to_token, None, rows, seq_lens, window, sink,
+                           sm_scale, max_keys)
 
 
 def segpaged_extend(

@@ -89,3 +89,25 @@ def test_triton_kernels_match_reference_real_sizes(decode):
     case = make_case(seq, q_lens, window=[1024] * 7, sink=[64] * 7, group=4, head_dim=128,
                      dtype=torch.bfloat16, device="cuda", seed=3)
     assert _rel_err(_run_kernel(case, decode), reference(case)) < 1e-2
+
+
+def test_full_decode_reads_every_key_from_the_full_slots():
+    """Global heads' decode: the same kernel, unmapped, window 'every key', sink 0, over buffers
+    indexed by full slots (unused slots NaN); splits sized by the context length."""
+    from redknot_sglang.kernels import segpaged
+
+    dev = "cuda" if CUDA else "cpu"
+    heads = 2
+    case = make_case([67, 5, 130], [1, 1, 1], window=[segpaged.FULL_WINDOW] * heads, sink=[0] * heads, group=2,
+                     head_dim=32, seed=3, device=dev)
+    slots = case.full_to_swa.shape[0]
+    k_full = torch.full((slots, heads, 32), float("nan"), device=dev)
+    v_full = torch.full_like(k_full, float("nan"))
+    for b, (row, n) in enumerate(zip(case.rows.tolist(), case.seq_lens.tolist())):
+        full = case.req_to_token[row, :n].long()
+        k_full[full], v_full[full] = case.k_true[b].float().to(dev), case.v_true[b].float().to(dev)
+    window, sink = segpaged.full_window(heads, dev)
+    out = torch.full_like(case.q, float("nan"))
+    segpaged.full_decode(case.q, out, k_full, v_full, case.req_to_token, case.rows, case.seq_lens, window, sink,
+                         case.scale, max_keys=case.req_to_token.shape[1])
+    assert _rel_err(out, reference(case)) < 1e-4
