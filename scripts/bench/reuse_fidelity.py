@@ -153,16 +153,20 @@ def server_answers(args: argparse.Namespace, pool: list[dict], questions: list[d
     with Server(smollm2_dir(), (*base, "--attention-backend", "torch_native")) as stock:
         for a, p in zip(answers, tqdm(prompts, desc="dense")):
             a["dense"] = ask(stock, p, None)
+    def documents(server) -> dict:
+        return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]["documents"]
+
     counters = {}
     with Server(smollm2_dir(), (*base, *REDKNOT_ARGS, "--redknot-head-profile", args.profile)) as ours:
         for mode, recovery in (("redknot", None), ("recovery", True), ("norecovery", False)):
             ours.post("/flush_cache", {}).raise_for_status()
             for p in warm if recovery is not None else []:
                 ask(ours, p, recovery)
+            before = documents(ours)
             for a, p in zip(answers, tqdm(prompts, desc=mode)):
                 a[mode] = ask(ours, p, recovery)
-            state = requests.get(ours.url + "/get_server_info", timeout=60).json()["internal_states"][0]
-            counters[mode] = state["redknot"].get("documents", {})
+            after = documents(ours)
+            counters[mode] = {k: after[k] - before[k] for k in ("placed_requests", "placed_tokens", "captured_documents")}
     return answers, [len(p[0]) for p in prompts], counters
 
 
@@ -198,7 +202,7 @@ def main() -> None:
               f"prompt, {sum(lens) / len(lens):.0f} tokens on average ({time.time() - t0:.0f} s)")
         out = {"device": "CPU (2 cores)", **common,
                "implementation": "SGLang servers: stock (torch_native) and redknot (head split, document reuse)",
-               "warmup_questions": args.warmup, "reuse_counters": counters,
+               "warmup_questions": args.warmup, "measured_set_reuse": counters,
                "summary": summarize(rows, SERVER_MODES), "questions": rows}
         name = "reuse_fidelity_server.json"
     else:
