@@ -268,10 +268,11 @@ def full_window(heads: int, device: torch.device | str) -> tuple[torch.Tensor, t
 def full_decode(q: torch.Tensor, o: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                 req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor,
                 sink: torch.Tensor, sm_scale: float, max_keys: int) -> torch.Tensor:
-    """Decode of global heads, keys ``[0, seq)`` in the full slots of ``req_to_token``: the same
-    split-K kernel with window :data:`FULL_WINDOW` and sink 0 (``window``/``sink`` from
-    :func:`full_window`), unmapped. Its split count follows the batch and ``max_keys`` (the
-    context length), so one or two KV heads of one request still fill the GPU."""
+    """Decode over every key ``[0, seq)`` in the full slots of ``req_to_token``: the same split-K
+    kernel with window :data:`FULL_WINDOW` and sink 0 (``window``/``sink`` from
+    :func:`full_window`), unmapped; splits follow the batch and ``max_keys``. Measured against
+    SGLang's Triton decode for the global heads (``scripts/bench/global_decode_splits.py``): not
+    better overall, so the backend keeps SGLang's kernel for them."""
     return segpaged_decode(q, o, k_buf, v_buf, k_buf, v_buf, req_to_token, None, rows, seq_lens, window, sink,
                            sm_scale, max_keys)
 

@@ -36,6 +36,8 @@ class RedknotConfig:
     max_document_tokens: int = 16384
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
+    sparse_ffn_keep: float = 1.0
+    sparse_ffn_from_layer: Optional[int] = None
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -97,6 +99,20 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default=16.0,
         help="Host memory (pinned on CUDA) that cold documents spill to before they are dropped.",
     )
+    group.add_argument(
+        "--redknot-sparse-ffn-keep",
+        type=float,
+        default=1.0,
+        help="Sparse FFN during recovery (Llama models): in deep layers only this fraction of the "
+        "recomputed document tokens, those with the largest attention output, run the FFN (the last "
+        "128 prompt tokens always do); 1 = off (default: it cost accuracy on SmolLM2 at 0.5).",
+    )
+    group.add_argument(
+        "--redknot-sparse-ffn-from-layer",
+        type=int,
+        default=None,
+        help="First layer whose FFN is sparse (default: half the layers).",
+    )
 
 
 def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context_len: Optional[int]) -> RedknotConfig:
@@ -114,6 +130,8 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         raise ConfigError(f"--redknot-sink-cache-blocks must be >= 0, got {args.redknot_sink_cache_blocks}")
     if args.redknot_max_document_tokens <= 0:
         raise ConfigError(f"--redknot-max-document-tokens must be > 0, got {args.redknot_max_document_tokens}")
+    if not 0 < args.redknot_sparse_ffn_keep <= 1:
+        raise ConfigError(f"--redknot-sparse-ffn-keep must be in (0, 1], got {args.redknot_sparse_ffn_keep}")
     if args.redknot_segment_store_gb < 0 or args.redknot_segment_host_gb < 0:
         raise ConfigError("--redknot-segment-store-gb and --redknot-segment-host-gb must be >= 0")
     return RedknotConfig(
@@ -125,6 +143,8 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         max_document_tokens=args.redknot_max_document_tokens,
         segment_store_gb=args.redknot_segment_store_gb,
         segment_host_gb=args.redknot_segment_host_gb,
+        sparse_ffn_keep=args.redknot_sparse_ffn_keep,
+        sparse_ffn_from_layer=args.redknot_sparse_ffn_from_layer,
     )
 
 

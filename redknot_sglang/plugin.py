@@ -74,8 +74,8 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
-    from redknot_sglang.hooks import (backend_name, cpu_rope, document_reuse, head_split, request_spans, stats,
-                                      swa_admission)
+    from redknot_sglang.hooks import (backend_name, cpu_rope, document_reuse, head_split, request_spans, sparse_ffn,
+                                      stats, swa_admission)
 
     if BACKEND_NAME in ATTENTION_BACKENDS:  # already registered in this process
         return
@@ -88,6 +88,9 @@ def register() -> None:
     HookRegistry.register(swa_admission.INIT, swa_admission.reserve_running, HookType.AFTER)
     HookRegistry.register(swa_admission.ADD, swa_admission.reserve_new, HookType.AROUND)
     HookRegistry.register(document_reuse.TARGET, document_reuse.place_documents, HookType.AROUND)
+    HookRegistry.register(sparse_ffn.LAYER, sparse_ffn.decoder_layer, HookType.AROUND)
+    HookRegistry.register(sparse_ffn.ATTENTION, sparse_ffn.attention_output, HookType.AFTER)
+    HookRegistry.register(sparse_ffn.MLP, sparse_ffn.mlp, HookType.AROUND)
     for target, hook in (
         (head_split.MODEL_CONFIG, head_split.model_config_from_server_args),
         (head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator),

@@ -1,7 +1,8 @@
 """Document reuse end to end on CPU: a SmolLM2 head-split server (15% global heads, window 64,
-sink 4) captures marked documents at first use and places them in later requests that put them
-in a new order, with and without recovery; approximate KV never serves an unmarked request, other
-tenants never see a document, and every slot comes back."""
+sink 4, sparse FFN at keep 0.5) captures marked documents at first use and places them in later
+requests that put them in a new order, with and without recovery; only recovery requests' FFN is
+sparse; approximate KV never serves an unmarked request, other tenants never see a document, and
+every slot comes back."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def server(smollm2, smollm2_fingerprint, tmp_path_factory):
     synthetic_profile(smollm2_fingerprint, global_ratio=0.15, window=64, sink=4, seed=1).save(path)
     args = (*CPU_ARGS, *REDKNOT_ARGS, "--max-total-tokens", "8192", "--random-seed", "0",
             "--redknot-head-profile", str(path), "--redknot-window-pool-ratio", "0.5",
-            "--chunked-prefill-size", "128")  # documents span chunks
+            "--chunked-prefill-size", "128",  # documents span chunks
+            "--redknot-sparse-ffn-keep", "0.5")
     with Server(smollm2, args) as s:
         yield s
 
@@ -74,15 +76,22 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
     assert cached == len(SYS) + len(D2) + len(D1)
     assert (docs["placed_requests"], docs["placed_tokens"]) == (1, len(D2) + len(D1))
 
-    # with recovery (the default) only the first: D1 is recomputed at its true positions
-    recovered, cached = generate(server, body([D2, D1]))
-    assert cached == len(SYS) + len(D2)
-    assert stats(server)["documents"]["placed_tokens"] == 2 * len(D2) + len(D1)
+    assert docs["ffn_skipped_token_layers"] == 0  # nothing recomputed, nothing sparse
 
-    # the same prompt unmarked: only the exact system prompt is reused, never placed KV
+    # with recovery (the default) only the first: D1 is recomputed at its true positions, its
+    # tokens before the last 128 of the prompt are sparse FFN candidates in the deep half
+    recovered, cached = generate(server, body([D2, D1]))
+    docs = stats(server)["documents"]
+    assert cached == len(SYS) + len(D2)
+    assert docs["placed_tokens"] == 2 * len(D2) + len(D1)
+    candidates = len(SYS) + len(D2) + len(D1) + len(Q) - 128 - cached
+    assert docs["ffn_skipped_token_layers"] == (candidates - (candidates + 1) // 2) * (30 - 15)
+
+    # the same prompt unmarked: only the exact system prompt is reused, never placed KV, dense FFN
     plain, cached = generate(server, body([D2, D1], marks=False))
     assert cached == len(SYS)
     assert len(recovered) == len(plain) == 6
+    assert stats(server)["documents"]["ffn_skipped_token_layers"] == docs["ffn_skipped_token_layers"]
 
     # a new first document is computed and captured; the run of placements stops at it
     _, cached = generate(server, body([D3, D1, D2], recovery=False))

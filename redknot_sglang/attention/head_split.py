@@ -3,17 +3,13 @@
 Per layer, after the load-time permutation, query heads ``[0, G*grp)`` read global KV heads
 ``[0, G)`` and the rest read local heads::
 
-    q heads:  | global group: G*grp heads        | local group: (H-G)*grp heads           |
-    extend:   | SGLang's base backend (Triton /   | SegPaged: sink row + window slots,     |
-              | torch_native) over full slots     | Triton on CUDA, torch on CPU           |
-    decode:   | CUDA: our split-K kernel over     |                                        |
-              | full slots; CPU: the base backend |                                        |
+    q heads:  | global group: G*grp heads      | local group: (H-G)*grp heads           |
+    kernels:  | SGLang's base backend (Triton / | SegPaged: sink row + window slots,     |
+              | torch_native) over full slots   | Triton on CUDA, torch on CPU           |
 
 The base backend is SGLang's own class, built over the head-split pool (whose ``get_key_buffer``
 returns the global heads' buffers) and called with a copy of the layer whose head counts are the
-global group's; it keeps its metadata, CUDA-graph state and kernels. On CUDA the global heads'
-decode runs on our SegPaged split-K kernel instead (``full_decode``: every key, no mapping), whose
-grid is sized for the one to three global heads a layer has. New K/V are stored once, here:
+global group's; it keeps its metadata, CUDA-graph state and kernels. New K/V are stored once, here:
 global heads into full slots, local heads into window slots and (positions below the sink) into the
 request's sink row.
 """
@@ -43,6 +39,25 @@ def _without_sliding_window(model_runner: Any):
         yield
     finally:
         model_runner.sliding_window_size = saved
+
+
+# Decode split-K cap for the global group on SGLang's Triton kernel. Its default (8) is sized for
+# all of a layer's heads; on 1-2 KV heads at 32K tokens the grid leaves the GPU idle. Measured
+# (bench/results/global_decode_splits.json, H200, CUDA-graph replay, 1 KV head): batch 1 179 us at
+# 8 splits, 39 us at 64; batch 8: 323 -> 70 us; batch 32: 342 -> 194 us.
+GLOBAL_DECODE_SPLITS = 64
+
+
+def _fit_triton_to_global_group(base: Any, layout: RankHeadLayout) -> None:
+    """Let SGLang's Triton backend size its decode split-K for the global group it serves: its
+    split heuristic reads ``num_head``/``num_kv_head`` (the grid it expects to fill) and caps at
+    ``max_kv_splits``; both are set before any buffer is sized (metadata and CUDA-graph state)."""
+    if not hasattr(base, "max_kv_splits"):
+        return
+    group = base.num_head // base.num_kv_head
+    base.num_kv_head = max(1, max(layer.num_global for layer in layout.layers))
+    base.num_head = base.num_kv_head * group
+    base.max_kv_splits = max(base.max_kv_splits, GLOBAL_DECODE_SPLITS)
 
 
 def _rotary_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,6 +92,7 @@ class HeadSplitAttnBackend(AttentionBackend):
             raise RuntimeError("redknot: local heads need --radix-cache-backend redknot's head-split pool")
         with _without_sliding_window(model_runner):
             self.base = ATTENTION_BACKENDS[base_backend](model_runner)
+        _fit_triton_to_global_group(self.base, layout)
         self.device = model_runner.device
         self.model = getattr(model_runner, "model", None)  # RoPE of document reuse
         # local heads' attention and every K/V store: our Triton kernels on CUDA, the torch path on
@@ -85,9 +101,6 @@ class HeadSplitAttnBackend(AttentionBackend):
         self.sink = self.token_to_kv_pool.sink
         self.windows = [torch.tensor(lh.window, dtype=torch.int32, device=self.device) for lh in layout.layers]
         self.sinks = [torch.tensor(lh.sink, dtype=torch.int32, device=self.device) for lh in layout.layers]
-        # global heads' decode on our kernel (GPU): per-layer "every key" window and sink 0, built
-        # here, before CUDA-graph capture (CPU tests that pick the kernel build them at first use)
-        self._global_window_sink = self._full_windows() if self.local_impl == "triton" else None
         self._global_layers: dict[int, Any] = {}
         self._extend_rows: Optional[torch.Tensor] = None
 
@@ -161,9 +174,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         q3 = q.view(-1, layer.tp_q_head_num, d)
         o = torch.empty_like(q3)
         ng = heads.num_global * group
-        if heads.num_global and decode and self.local_impl == "triton":
-            self._global_decode(q3[:, :ng], o[:, :ng], layer, forward_batch)
-        elif heads.num_global:
+        if heads.num_global:
             base_fwd = self.base.forward_decode if decode else self.base.forward_extend
             kg = None if k is None else k[:, : heads.num_global]
             vg = None if v is None else v[:, : heads.num_global]
@@ -174,25 +185,6 @@ class HeadSplitAttnBackend(AttentionBackend):
         if heads.num_local:
             self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode)
         return o.view(q.shape[0], -1)
-
-    def _full_windows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from redknot_sglang.kernels.segpaged import full_window
-
-        return [full_window(lh.num_global, self.device) for lh in self.layout.layers]
-
-    def _global_decode(self, q: torch.Tensor, o: torch.Tensor, layer: Any, forward_batch: Any) -> None:
-        """Global heads' decode on our split-K kernel over the full slots: SGLang's Triton decode
-        leaves the GPU idle on a layer's one to three global heads (82 GB/s at batch 1, 32K
-        keys, H200: bench/results/global_decode_splits.json)."""
-        from redknot_sglang.kernels import segpaged
-
-        if self._global_window_sink is None:
-            self._global_window_sink = self._full_windows()
-        k, v = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        window, sink = self._global_window_sink[layer.layer_id]
-        req_to_token = self.req_to_token_pool.req_to_token
-        segpaged.full_decode(q, o, k, v, req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
-                             window, sink, layer.scaling, max_keys=req_to_token.shape[1])
 
     def _local(self, q: torch.Tensor, o: torch.Tensor, layer: Any, forward_batch: Any, decode: bool) -> None:
         pool = self.token_to_kv_pool

@@ -82,7 +82,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         prefix), already in its row (a later chunk), or copied from the cache (a reused prefix);
         note the batch's document tokens to capture."""
         if self.document_reuse is not None:
-            self.document_reuse.plan_capture(batch)
+            self.document_reuse.plan_batch(batch)
         if self.sinks.sink == 0:
             return
         for req, prefix_len in zip(batch.reqs, batch.prefix_lens):

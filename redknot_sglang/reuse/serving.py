@@ -6,11 +6,13 @@ thread; GPU work is queued here and runs on the forward's stream):
 * scheduler side, called by :class:`~redknot_sglang.cache.head_split_cache.HeadSplitRadixCache`
   and the admission hook: :meth:`place` gives an admitted request full slots for the cached
   documents right after its exact prefix (:mod:`redknot_sglang.reuse.placement`) and makes them
-  part of its prefix, so SGLang computes only the rest; :meth:`plan_capture` notes which tokens of
-  an extend batch belong to documents the store does not have yet.
+  part of its prefix, so SGLang computes only the rest; :meth:`plan_batch` notes which tokens of
+  an extend batch belong to documents the store does not have yet, and which ones recovery
+  recomputes (the sparse FFN's candidates, :mod:`redknot_sglang.reuse.sparse_ffn`).
 * forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
   queued placements into the pool, :meth:`capture` copies each layer's new K/V of noted documents,
-  and after the last layer a complete document enters the store, turned back to position 0.
+  and after the last layer a complete document enters the store, turned back to position 0; the
+  hooks of :mod:`redknot_sglang.hooks.sparse_ffn` ask :meth:`ffn_rows` in deep layers.
 
 Who owns which slots::
 
@@ -36,6 +38,7 @@ import torch
 from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces, window_rows
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
+from redknot_sglang.reuse.sparse_ffn import SparseFFN, candidate_range, ffn_rows
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +73,10 @@ class _Capture:
 
 
 class DocumentReuse:
-    def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, model_key: str):
+    def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, model_key: str,
+                 sparse_ffn: Optional[SparseFFN] = None):
         self.store = store
+        self.sparse_ffn = sparse_ffn
         self.pool = pool
         self.allocator = allocator
         self.model_key = model_key
@@ -83,7 +88,13 @@ class DocumentReuse:
         self._capturing: set[tuple[Namespace, tuple[int, ...]]] = set()
         self._next_plan: Optional[list[tuple[_Capture, int, int, int]]] = None
         self._plan: list[tuple[_Capture, int, int, int]] = []
-        self.stats = {"placed_requests": 0, "placed_tokens": 0, "captured_documents": 0, "store_errors": 0}
+        # sparse FFN: (candidate mask over the batch's extend tokens, how many of them run) per batch,
+        # and on the forward side also the candidates' count
+        self._next_ffn: Optional[tuple[torch.Tensor, int]] = None
+        self._ffn: Optional[tuple[torch.Tensor, int, int]] = None
+        self._attn_norm: Optional[torch.Tensor] = None
+        self.stats = {"placed_requests": 0, "placed_tokens": 0, "captured_documents": 0, "store_errors": 0,
+                      "ffn_skipped_token_layers": 0}
 
     def namespace(self, req: Any) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
@@ -113,6 +124,7 @@ class DocumentReuse:
         self._placed[req.rid] = _Placement(slots, pieces, keep)
         req.prefix_indices = torch.cat([req.prefix_indices, slots.to(req.prefix_indices.dtype)])
         req.redknot_placed = n
+        req.redknot_recovered_from = exact + n if docs.recovery else None
         return True
 
     def unplace(self, req: Any) -> None:
@@ -151,9 +163,11 @@ class DocumentReuse:
             parts.append(got)
         return torch.cat(parts)
 
-    def plan_capture(self, batch: Any) -> None:
+    def plan_batch(self, batch: Any) -> None:
         """After an extend batch has its slots: which of its tokens belong to documents to capture
-        (entries ``(capture, batch token offset, document offset, tokens)``)."""
+        (entries ``(capture, batch token offset, document offset, tokens)``), and which are
+        recomputed by recovery requests (sparse FFN candidates)."""
+        self._next_ffn = self._plan_ffn(batch) if self.sparse_ffn is not None else None
         plan, offset = [], 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
             caps = self._captures.get(req.rid)
@@ -165,6 +179,20 @@ class DocumentReuse:
                     plan.append((cap, offset + a - pre, a - cap.span[0], b - a))
             offset += ext
         self._next_plan = plan
+
+    def _plan_ffn(self, batch: Any) -> Optional[tuple[torch.Tensor, int]]:
+        mask = torch.zeros(sum(batch.extend_lens), dtype=torch.bool)
+        offset = 0
+        for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
+            start = getattr(req, "redknot_recovered_from", None) if is_approximate(req) else None
+            if start is not None:
+                a, b = candidate_range(len(req.origin_input_ids), start, self.sparse_ffn.keep_last)
+                a, b = max(a, pre), min(b, pre + ext)
+                if a < b:
+                    mask[offset + a - pre : offset + b - pre] = True
+            offset += ext
+        n = int(mask.sum())
+        return (mask, self.sparse_ffn.kept(n)) if n else None
 
     def _new_captures(self, req: Any, prefix_len: int) -> list[_Capture]:
         docs = documents_of(req)
@@ -197,11 +225,42 @@ class DocumentReuse:
             placed, self._placed = self._placed, {}
             for pl in placed.values():
                 self._write(pl)
+        self._ffn = None
         if is_extend:
             self._plan, self._next_plan = self._next_plan or [], None
+            if self._next_ffn is not None:
+                mask, kept = self._next_ffn
+                self._ffn = (mask.to(self.pool.device, non_blocking=True), kept, int(mask.sum()))
+        self._next_ffn = None
+
+    def sparse_ffn_layer(self, layer: int) -> bool:
+        """Whether this forward's layer ``layer`` runs the FFN sparsely."""
+        return self._ffn is not None and layer >= self.sparse_ffn.from_layer
+
+    def note_attention(self, out: torch.Tensor) -> None:
+        """The layer's attention output ``[tokens, hidden]``: its norms rank the FFN candidates."""
+        self._attn_norm = out.float().norm(dim=-1)
+
+    def ffn_rows(self) -> torch.Tensor:
+        """Rows of the batch's tokens that run this layer's FFN (after :meth:`note_attention`)."""
+        mask, kept, candidates = self._ffn
+        importance = self._attn_norm
+        self.stats["ffn_skipped_token_layers"] += candidates - kept
+        if mask.shape[0] < importance.shape[0]:  # a mixed batch: decode tokens follow, all run
+            mask = torch.cat([mask, mask.new_zeros(importance.shape[0] - mask.shape[0])])
+        return ffn_rows(mask, importance, kept)
 
     def _turn(self, k: torch.Tensor, delta: int) -> torch.Tensor:
-        return relocate_torch(k, self.rope, delta)
+        """``k`` (``[tokens, heads, D]``) turned by ``delta`` positions, as a new tensor: our Triton
+        kernel on CUDA (in place on a copy), the torch path elsewhere."""
+        if k.device.type != "cuda":
+            return relocate_torch(k, self.rope, delta)
+        from redknot_sglang.kernels.rope_relocate import rope_relocate
+
+        out = k.contiguous().clone()
+        rope_relocate(out, torch.arange(out.shape[0], device=out.device), self.rope.inv_freq, delta,
+                      rotary_dim=self.rope.rotary_dim, neox=self.rope.neox)
+        return out
 
     def _write(self, pl: _Placement) -> None:
         pool, dt = self.pool, self.pool.dtype

@@ -20,6 +20,7 @@ Writes bench/results/reuse_fidelity.json.
   redknot        a redknot server (the head profile), unmarked requests: full prefill
   recovery       the same server, documents marked (custom_params.redknot_documents)
   norecovery     marked, with redknot_recovery false
+  recovery+ffn   recovery on a server with the sparse FFN (--redknot-sparse-ffn-keep 0.5)
 
 Each reuse mode starts from an empty cache (``/flush_cache``) and first answers a warm-up set of
 other questions over the same documents, so that documents are captured in other orders and
@@ -126,7 +127,9 @@ def summarize(rows: list[dict], modes: tuple[str, ...]) -> dict:
     return table
 
 
-SERVER_MODES = ("dense", "redknot", "recovery", "norecovery")
+SERVER_MODES = ("dense", "redknot", "recovery", "recovery+ffn", "norecovery")
+SERVER_RUNS = (((), (("redknot", None), ("recovery", True), ("norecovery", False))),
+               (("--redknot-sparse-ffn-keep", "0.5"), (("recovery+ffn", True),)))  # (flags, ((mode, recovery)))
 
 
 def server_answers(args: argparse.Namespace, pool: list[dict], questions: list[dict], warmup: list[dict],
@@ -157,16 +160,18 @@ def server_answers(args: argparse.Namespace, pool: list[dict], questions: list[d
         return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]["documents"]
 
     counters = {}
-    with Server(smollm2_dir(), (*base, *REDKNOT_ARGS, "--redknot-head-profile", args.profile)) as ours:
-        for mode, recovery in (("redknot", None), ("recovery", True), ("norecovery", False)):
-            ours.post("/flush_cache", {}).raise_for_status()
-            for p in warm if recovery is not None else []:
-                ask(ours, p, recovery)
-            before = documents(ours)
-            for a, p in zip(answers, tqdm(prompts, desc=mode)):
-                a[mode] = ask(ours, p, recovery)
-            after = documents(ours)
-            counters[mode] = {k: after[k] - before[k] for k in ("placed_requests", "placed_tokens", "captured_documents")}
+    for flags, modes in SERVER_RUNS:
+        with Server(smollm2_dir(), (*base, *REDKNOT_ARGS, "--redknot-head-profile", args.profile, *flags)) as ours:
+            for mode, recovery in modes:
+                ours.post("/flush_cache", {}).raise_for_status()
+                for p in warm if recovery is not None else []:
+                    ask(ours, p, recovery)
+                before = documents(ours)
+                for a, p in zip(answers, tqdm(prompts, desc=mode)):
+                    a[mode] = ask(ours, p, recovery)
+                after = documents(ours)
+                counters[mode] = {k: after[k] - before[k] for k in
+                                  ("placed_requests", "placed_tokens", "captured_documents", "ffn_skipped_token_layers")}
     return answers, [len(p[0]) for p in prompts], counters
 
 
