@@ -1,5 +1,6 @@
 """Soak on CPU: 1,000 mixed requests through a head-split server (small windows, tight pools so
-the window slides, the tree tombstones and evicts, and admission waits), with shared prefixes and
+the window slides, the tree tombstones and evicts, and admission waits), with shared prefixes,
+marked documents in random orders (captured, placed with and without recovery, sparse FFN) and
 aborts mid-prefill and mid-decode. Afterwards every slot of both pools and every request row must
 be free (the allocators' counts, read from /get_server_info), and the server still answers."""
 
@@ -30,15 +31,32 @@ def _stats(server: Server) -> dict:
     return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
 
 
-def _one(server: Server, i: int, prefixes: list[str], outcome: dict) -> None:
+def _marked(rng: random.Random, system: list[int], docs: list[list[int]]) -> dict:
+    """A prompt of token ids: a system prompt, 2-4 documents in random order, a question; marked."""
+    ids, spans = list(system), []
+    for d in rng.sample(docs, rng.randint(2, 4)):
+        spans.append([len(ids), len(ids) + len(d)])
+        ids += d
+    params = {"redknot_documents": spans, "redknot_recovery": rng.random() < 0.5}
+    return {"input_ids": ids + [rng.randrange(100, 40000) for _ in range(8)], "custom_params": params}
+
+
+def _one(server: Server, i: int, prefixes: list[str], docs: list[list[int]], outcome: dict) -> None:
     rng = random.Random(i)
     kind = rng.random()
     prefix = rng.choice(prefixes) if rng.random() < 0.6 else ""
     body = _text(rng, rng.choice([3, 20, 80, 300, 700]))
     payload = {"text": prefix + body, "rid": f"soak-{i}",
                "sampling_params": {"temperature": 0.7, "max_new_tokens": rng.choice([1, 4, 16]), "ignore_eos": True}}
+    if rng.random() < 0.3:  # marked documents
+        marked = _marked(rng, docs[0], docs[1:])
+        del payload["text"]
+        payload["input_ids"] = marked["input_ids"]
+        payload["sampling_params"]["custom_params"] = marked["custom_params"]
     abort_after = None
     if kind < 0.05:  # abort during prefill: a long prompt, cancelled almost at once
+        payload.pop("input_ids", None)
+        payload["sampling_params"].pop("custom_params", None)
         payload["text"] = prefix + _text(rng, 900)
         abort_after = 0.05
     elif kind < 0.10:  # abort during decode
@@ -60,15 +78,16 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     args = (*CPU_ARGS, *REDKNOT_ARGS, "--redknot-head-profile", str(path),
             "--max-total-tokens", "6000", "--redknot-window-pool-ratio", "0.3",
             "--chunked-prefill-size", "256", "--max-running-requests", "24",
-            "--redknot-sink-cache-blocks", "4")
+            "--redknot-sink-cache-blocks", "4", "--redknot-sparse-ffn-keep", "0.5", "--redknot-sparse-ffn-from-layer", "20")
     rng = random.Random(0)
     prefixes = [f"System prompt {k}: " + _text(rng, 150) + " " for k in range(6)]
+    docs = [[rng.randrange(100, 40000) for _ in range(n)] for n in (24, 60, 90, 120, 45, 150, 75, 30, 100)]
     with Server(smollm2, args) as server:
         before = _stats(server)
         outcome: dict = {}
         t0 = time.monotonic()
         with ThreadPoolExecutor(32) as pool:
-            list(pool.map(lambda i: _one(server, i, prefixes, outcome), range(N_REQUESTS)))
+            list(pool.map(lambda i: _one(server, i, prefixes, docs, outcome), range(N_REQUESTS)))
         elapsed = time.monotonic() - t0
         deadline = time.monotonic() + 60
         while (s := _stats(server))["running_reqs"] or s["waiting_reqs"]:
@@ -85,6 +104,10 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     assert len(outcome) == N_REQUESTS
     assert kinds.get("abort", 0) >= 40 and kinds.get("length", 0) >= 800, kinds
     assert busy["full_evictable"] > 0 and busy["sink_blocks_used"] > 0  # the tree and sink cache were used
+    reuse = busy["documents"]
+    assert reuse["captured_documents"] >= 8 and reuse["placed_requests"] >= 50, reuse  # documents were reused
+    assert reuse["ffn_skipped_token_layers"] > 0, reuse
+    assert after["documents"]["documents"] == 0 and after["documents"]["device_bytes"] == 0
     for pool in ("full", "swa"):
         assert after[f"{pool}_available"] == after[f"{pool}_size"], (pool, after)
         assert after[f"{pool}_evictable"] == after[f"{pool}_protected"] == 0, (pool, after)
