@@ -93,10 +93,14 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
     assert len(recovered) == len(plain) == 6
     assert stats(server)["documents"]["ffn_skipped_token_layers"] == docs["ffn_skipped_token_layers"]
 
-    # a new first document is computed and captured; the run of placements stops at it
+    # a new first document is computed and captured; without recovery the cached ones after it
+    # are placed before the request's next chunk
+    placed = stats(server)["documents"]["placed_tokens"]
     _, cached = generate(server, body([D3, D1, D2], recovery=False))
     s = stats(server)
-    assert cached == len(SYS) and s["documents"]["captured_documents"] == 3
+    assert cached == len(SYS) + len(D1) + len(D2)  # D3 computed, cut where D1 starts, D1 + D2 placed
+    assert s["documents"]["captured_documents"] == 3
+    assert s["documents"]["placed_tokens"] == placed + len(D1) + len(D2)
     assert_all_slots_back(s)
 
 

@@ -1,23 +1,68 @@
-"""Placement of cached documents at admission: AROUND ``PrefillAdder.add_one_req``.
+"""Placement of cached documents at admission: AROUND ``PrefillAdder.add_one_req`` and
+``PrefillAdder.add_chunked_req``.
 
 Before SGLang's admission checks, a request with marked documents gets placed KV for the cached
-documents after its exact prefix (:meth:`DocumentReuse.place`): its prefix grows, its extend
+documents right after its prefix (:meth:`DocumentReuse.place`): its prefix grows, its extend
 shrinks, and SGLang's budget sees the placed slots as already taken (they are allocated). If the
 request is not admitted, the placement is undone, so a waiting request holds nothing.
+
+Without recovery, a cached document may also follow computed text: the admitted extend is then
+cut where it starts (:meth:`DocumentReuse.next_run`), which makes the request a chunked one, and
+the next chunk's admission places the run::
+
+    prompt:   [ sys ][ A cached ][ B new ][ C cached ][ D cached ][ query ]
+    round 1:         placed       computed | cut
+    round 2:                                 placed     placed      computed
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-TARGET = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
+ADD = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
+ADD_CHUNKED = "sglang.srt.managers.schedule_policy.PrefillAdder.add_chunked_req"
 
 
-def place_documents(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+def _cut(adder: Any, reuse: Any, req: Any) -> bool:
+    """Cut an admitted extend where a cached run starts; True if cut. The round's chunk budget is
+    then spent, as when SGLang itself truncates a request: one chunked request per round."""
+    if adder.rem_chunk_tokens is None:  # chunked prefill off: no next chunk to place before
+        return False
+    start, end = req.extend_range.start, req.extend_range.end
+    at = reuse.next_run(req, start, end)
+    if at is None:
+        return False
+    req.set_extend_range(start, at)
+    adder.rem_chunk_tokens = 0
+    return True
+
+
+def place_documents(original: Callable[..., Any], adder: Any, req: Any, has_chunked_req: bool,
+                    *args: Any, **kwargs: Any) -> Any:
     reuse = getattr(adder.tree_cache, "document_reuse", None)
-    if reuse is None or not reuse.place(req, adder.tree_cache):
+    if reuse is None:
+        return original(adder, req, has_chunked_req, *args, **kwargs)
+    req.redknot_placed = 0  # a new admission (or one after a retraction)
+    placed = reuse.place(req, adder.tree_cache)
+    result = original(adder, req, has_chunked_req, *args, **kwargs)
+    if req not in adder.can_run_list:
+        if placed:
+            reuse.unplace(req)
+    elif not has_chunked_req and adder.new_chunked_req in (None, req) and _cut(adder, reuse, req):
+        adder.new_chunked_req = req
+        return adder.budget_state()
+    return result
+
+
+def place_chunk(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+    """The next chunk of a chunked request: place the cached run it starts with, cut again."""
+    reuse = getattr(adder.tree_cache, "document_reuse", None)
+    if reuse is None:
         return original(adder, req, *args, **kwargs)
+    placed = reuse.place(req, adder.tree_cache, next_chunk=True)
     result = original(adder, req, *args, **kwargs)
     if req not in adder.can_run_list:
-        reuse.unplace(req)
-    return result
+        if placed:
+            reuse.unplace(req)
+        return result
+    return req if _cut(adder, reuse, req) else result

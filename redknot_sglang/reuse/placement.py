@@ -13,7 +13,8 @@ goes on while the next document starts where the previous one ends and is cached
 that ends the prompt is never placed (the last token must be computed to sample from). With
 recovery on only the first document is placed: the rest is recomputed at its true positions, which
 recovers what the global heads of later documents would have read across documents (the paper's
-"seg0 exact, re-prefill seg1..N").
+"seg0 exact, re-prefill seg1..N"). Without recovery, the admission hook cuts a request's extend
+where a later cached run starts, so that run is planned here again before the next chunk.
 """
 
 from __future__ import annotations

@@ -100,13 +100,14 @@ class DocumentReuse:
         return Namespace(model=self.model_key, salt=req.extra_key)
 
     # ------------------------------------------------------------------ scheduler side
-    def place(self, req: Any, tree: Any) -> bool:
-        """Before admission: replace the documents after the request's exact prefix by placed KV
-        (its prefix grows by them). Undone by :meth:`unplace` if the request is not admitted."""
-        req.redknot_placed = 0
+    def place(self, req: Any, tree: Any, *, next_chunk: bool = False) -> bool:
+        """Before admission (or, without recovery, before the next chunk of a chunked request):
+        replace the cached documents right after the request's prefix by placed KV (its prefix
+        grows by them). Undone by :meth:`unplace` if the request is not admitted."""
         docs = documents_of(req)
         exact = len(req.prefix_indices)
-        if docs is None or exact == 0 or exact < self.sink or self.allocator.page_size != 1:
+        if (docs is None or (next_chunk and docs.recovery) or exact == 0 or exact < self.sink
+                or self.allocator.page_size != 1):
             return False
         fill = req.full_untruncated_fill_ids
         ns = self.namespace(req)
@@ -123,17 +124,31 @@ class DocumentReuse:
             self.store.lock(p.match)
         self._placed[req.rid] = _Placement(slots, pieces, keep)
         req.prefix_indices = torch.cat([req.prefix_indices, slots.to(req.prefix_indices.dtype)])
-        req.redknot_placed = n
+        req.redknot_placed = getattr(req, "redknot_placed", 0) + n
         req.redknot_recovered_from = exact + n if docs.recovery else None
         return True
 
     def unplace(self, req: Any) -> None:
         pl = self._placed.pop(req.rid)
+        n = len(pl.slots)
         self.allocator.free(pl.slots)
         for p in pl.pieces:
             self.store.unlock(p.match)
-        req.prefix_indices = req.prefix_indices[: len(req.prefix_indices) - req.redknot_placed]
-        req.redknot_placed = 0
+        req.prefix_indices = req.prefix_indices[: len(req.prefix_indices) - n]
+        req.redknot_placed -= n
+
+    def next_run(self, req: Any, start: int, end: int) -> Optional[int]:
+        """Without recovery: where, inside the extend ``[start, end)``, a cached document follows
+        computed ones (the extend is then cut there, and the run is placed before the next chunk:
+        :meth:`place`); None if nowhere."""
+        docs = documents_of(req)
+        if docs is None or docs.recovery or self.allocator.page_size != 1:
+            return None
+        ids, ns = req.origin_input_ids, self.namespace(req)
+        for s, e in docs.spans:
+            if start < s < end and e < len(ids) and self.store.contains(ns, ids[s:e]):
+                return s
+        return None
 
     def _alloc(self, n: int, keep: int, req: Any, tree: Any) -> Optional[torch.Tensor]:
         """``n`` full slots whose last ``keep`` have window slots, evicting from the tree (the

@@ -12,7 +12,7 @@ streamed, and TTFT is the time to the first streamed token; the streaming client
 Sides: ``stock``, and ``redknot`` (marks sent), which runs each workload twice on one server: with
 recovery (the default: the first document after the system prompt is placed from the segment
 store, later ones are recomputed at their true positions) and without (``redknot_recovery: false``:
-every cached document in a row is placed). ``/flush_cache`` empties the tree and the store before
+every cached document is placed). ``/flush_cache`` empties the tree and the store before
 each run, so each starts cold and documents enter the store at their first use. The server's reuse
 counters (placed tokens, captured documents) are recorded with each run. ``--side`` runs one side
 per device call (the partial file carries the other, see
