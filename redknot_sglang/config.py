@@ -36,8 +36,8 @@ class RedknotConfig:
     max_document_tokens: int = 16384
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
-    sparse_ffn_keep: float = 1.0
-    sparse_ffn_from_layer: Optional[int] = None
+    sparse_ffn_keep: float = 1.0  # 1 = off
+    sparse_ffn_from_layer: int = 0
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -144,7 +144,8 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         segment_store_gb=args.redknot_segment_store_gb,
         segment_host_gb=args.redknot_segment_host_gb,
         sparse_ffn_keep=args.redknot_sparse_ffn_keep,
-        sparse_ffn_from_layer=args.redknot_sparse_ffn_from_layer,
+        sparse_ffn_from_layer=(args.redknot_sparse_ffn_from_layer if args.redknot_sparse_ffn_from_layer is not None
+                               else served.num_layers // 2),
     )
 
 

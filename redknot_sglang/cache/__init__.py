@@ -28,18 +28,14 @@ def create_tree_cache(ctx: Any) -> Any:
     if cfg.segment_store_gb > 0:
         from redknot_sglang.reuse.segment_store import SegmentStore
         from redknot_sglang.reuse.serving import DocumentReuse
+        from redknot_sglang.reuse.sparse_ffn import SparseFFN
 
         store = SegmentStore(pool.layout, head_dim=pool.head_dim, dtype=pool.dtype, device=pool.device,
                              device_bytes=int(cfg.segment_store_gb * (1 << 30)),
                              host_bytes=int(cfg.segment_host_gb * (1 << 30)),
                              max_document_tokens=cfg.max_document_tokens)
-        from redknot_sglang.reuse.sparse_ffn import SparseFFN
-
         model_key = f"{ctx.server_args.model_path}|{cfg.profile.model.model_dump_json()}"
-        layers = pool.layout.num_layers
-        sparse = (SparseFFN(keep=cfg.sparse_ffn_keep, from_layer=cfg.sparse_ffn_from_layer
-                            if cfg.sparse_ffn_from_layer is not None else layers // 2)
-                  if cfg.sparse_ffn_keep < 1 else None)
+        sparse = SparseFFN(cfg.sparse_ffn_keep, cfg.sparse_ffn_from_layer) if cfg.sparse_ffn_keep < 1 else None
         reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator, model_key=model_key,
                               sparse_ffn=sparse)
         pool.document_reuse = reuse  # the attention backend's way to it
