@@ -137,8 +137,8 @@ class SegmentStore:
     def match(self, ns: Namespace, tokens: Sequence[int]) -> DocumentMatch | None:
         """The cached document with exactly these tokens in this namespace, or None. A hit counts
         as a use of every node of the document."""
-        nodes = self._walk(ns, tuple(tokens))
-        if nodes is None or "k_tail" not in nodes[-1].kv:
+        nodes = self._document(ns, tokens)
+        if nodes is None:
             return None
         for node in nodes:
             self._touch(node)
@@ -146,8 +146,7 @@ class SegmentStore:
 
     def contains(self, ns: Namespace, tokens: Sequence[int]) -> bool:
         """Whether the document is cached (not counted as a use)."""
-        nodes = self._walk(ns, tuple(tokens))
-        return nodes is not None and "k_tail" in nodes[-1].kv
+        return self._document(ns, tokens) is not None
 
     def gather(self, match: DocumentMatch) -> DocumentKV:
         """The document's KV on the store's device (spilled nodes come back first)."""
@@ -329,6 +328,11 @@ class SegmentStore:
         self.device_used = self.host_used = 0
 
     # ------------------------------------------------------------------ introspection
+    def _document(self, ns: Namespace, tokens: Sequence[int]) -> list[_Node] | None:
+        """The nodes of a cached document (one ends there, its tail held), or None."""
+        nodes = self._walk(ns, tuple(tokens))
+        return nodes if nodes is not None and "k_tail" in nodes[-1].kv else None
+
     def _walk(self, ns: Namespace, tokens: tuple[int, ...]) -> list[_Node] | None:
         node, pos, path = self._roots.get(ns), 0, []
         while node is not None and pos < len(tokens):

@@ -27,21 +27,31 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 CONTEXT, HEAD_DIM, GROUP, DENSE_KV_HEADS = 32768, 128, 4, 8
 
 
-def run(batch: int, kv_heads: int, splits: int) -> dict:
+def _inputs(batch: int, kv_heads: int) -> tuple[torch.Tensor, ...]:
+    """K, V (``[slots, kv_heads, D]``), q, o and each request's ``CONTEXT`` scattered slots (a
+    random permutation, as in a long-running pool; slot 0 unused)."""
     dev = "cuda"
     tokens = batch * CONTEXT
     k = torch.randn(tokens + 1, kv_heads, HEAD_DIM, dtype=torch.bfloat16, device=dev)
     v = torch.randn_like(k)
     q = torch.randn(batch, kv_heads * GROUP, HEAD_DIM, dtype=torch.bfloat16, device=dev)
-    o = torch.empty_like(q)
-    indptr = torch.arange(0, batch + 1, dtype=torch.int32, device=dev) * CONTEXT
-    indices = torch.randperm(tokens, device=dev).to(torch.int32) + 1  # scattered slots, as in a pool
-    logits = torch.empty(batch, q.shape[1], splits, HEAD_DIM, dtype=torch.float32, device=dev)
-    lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=dev)
-    num_splits = torch.full((batch,), splits, dtype=torch.int32, device=dev)
+    slots = torch.randperm(tokens, device=dev).to(torch.int32) + 1
+    return k, v, q, torch.empty_like(q), slots
+
+
+def _indptr(batch: int) -> torch.Tensor:
+    return torch.arange(0, batch + 1, dtype=torch.int32, device="cuda") * CONTEXT
+
+
+def run(batch: int, kv_heads: int, splits: int) -> dict:
+    k, v, q, o, slots = _inputs(batch, kv_heads)
+    indptr = _indptr(batch)
+    logits = torch.empty(batch, q.shape[1], splits, HEAD_DIM, dtype=torch.float32, device="cuda")
+    lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device="cuda")
+    num_splits = torch.full((batch,), splits, dtype=torch.int32, device="cuda")
 
     def step() -> None:
-        decode_attention_fwd(q, k, v, o, indptr, indices, logits, lse, num_splits, splits,
+        decode_attention_fwd(q, k, v, o, indptr, slots, logits, lse, num_splits, splits,
                              HEAD_DIM**-0.5, 1.0, 1.0)
 
     return _time("sglang triton", step, batch, kv_heads, splits)
@@ -50,16 +60,11 @@ def run(batch: int, kv_heads: int, splits: int) -> dict:
 def run_ours(batch: int, kv_heads: int) -> dict:
     from redknot_sglang.kernels.segpaged import full_decode, full_window
 
-    dev = "cuda"
-    tokens = batch * CONTEXT
-    k = torch.randn(tokens + 1, kv_heads, HEAD_DIM, dtype=torch.bfloat16, device=dev)
-    v = torch.randn_like(k)
-    q = torch.randn(batch, kv_heads * GROUP, HEAD_DIM, dtype=torch.bfloat16, device=dev)
-    o = torch.empty_like(q)
-    req_to_token = (torch.randperm(tokens, device=dev).to(torch.int32) + 1).view(batch, CONTEXT)
-    rows = torch.arange(batch, device=dev)
-    seq_lens = torch.full((batch,), CONTEXT, dtype=torch.int32, device=dev)
-    window, sink = full_window(kv_heads, dev)
+    k, v, q, o, slots = _inputs(batch, kv_heads)
+    req_to_token = slots.view(batch, CONTEXT)
+    rows = torch.arange(batch, device="cuda")
+    seq_lens = torch.full((batch,), CONTEXT, dtype=torch.int32, device="cuda")
+    window, sink = full_window(kv_heads, "cuda")
 
     def step() -> None:
         full_decode(q, o, k, v, req_to_token, rows, seq_lens, window, sink, HEAD_DIM**-0.5, CONTEXT)
@@ -70,18 +75,14 @@ def run_ours(batch: int, kv_heads: int) -> dict:
 def run_flashinfer(batch: int) -> dict:
     import flashinfer
 
-    dev = "cuda"
-    tokens = batch * CONTEXT
-    k = torch.randn(tokens + 1, 1, DENSE_KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=dev)  # page size 1
-    v = torch.randn_like(k)
-    q = torch.randn(batch, DENSE_KV_HEADS * GROUP, HEAD_DIM, dtype=torch.bfloat16, device=dev)
+    k, v, q, _, slots = _inputs(batch, DENSE_KV_HEADS)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-        torch.empty(256 << 20, dtype=torch.uint8, device=dev), "NHD")
-    wrapper.plan(torch.arange(0, batch + 1, dtype=torch.int32, device=dev) * CONTEXT,
-                 torch.randperm(tokens, device=dev).to(torch.int32) + 1,
-                 torch.ones(batch, dtype=torch.int32, device=dev), DENSE_KV_HEADS * GROUP, DENSE_KV_HEADS, HEAD_DIM, 1,
+        torch.empty(256 << 20, dtype=torch.uint8, device="cuda"), "NHD")
+    wrapper.plan(_indptr(batch), slots, torch.ones(batch, dtype=torch.int32, device="cuda"),
+                 DENSE_KV_HEADS * GROUP, DENSE_KV_HEADS, HEAD_DIM, 1,
                  q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
-    return _time("flashinfer (stock)", lambda: wrapper.run(q, (k, v)), batch, DENSE_KV_HEADS, None)
+    paged = (k.unsqueeze(1), v.unsqueeze(1))  # pages of one token: [pages, 1, kv_heads, D]
+    return _time("flashinfer (stock)", lambda: wrapper.run(q, paged), batch, DENSE_KV_HEADS, None)
 
 
 def _time(kernel: str, step, batch: int, kv_heads: int, splits) -> dict:
