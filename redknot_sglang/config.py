@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from typing import Any, Optional
 
 from redknot_sglang.heads.profile import BUILTIN_ALL_GLOBAL, HeadProfile, ModelFingerprint
@@ -18,6 +19,7 @@ from redknot_sglang.heads.profile import BUILTIN_ALL_GLOBAL, HeadProfile, ModelF
 BACKEND_NAME = "redknot"
 BASE_BACKENDS = ("auto", "flashinfer", "triton", "torch_native")
 ATTR = "_redknot"
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -124,6 +126,9 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
     else:
         profile = HeadProfile.load(source)
     profile.check_model(served, context_len=context_len)
+    warning = profile.length_warning(context_len)
+    if warning:
+        logger.warning(warning)
     if args.redknot_window_pool_ratio is not None and not 0 < args.redknot_window_pool_ratio <= 1:
         raise ConfigError(f"--redknot-window-pool-ratio must be in (0, 1], got {args.redknot_window_pool_ratio}")
     if args.redknot_sink_cache_blocks < 0:

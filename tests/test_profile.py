@@ -141,3 +141,22 @@ def test_tp_spread_reports_uneven_global_heads():
     skewed = HeadProfile.from_classes(model, [[True, True, False, False], [True, False, False, False]],
                                       window=8, sink=0, method="test")
     assert tp_spread(skewed, 2) == {"tp": 2, "global_heads_per_rank": [3, 0], "full_pool_overhead": 1.0}
+
+
+def test_start_up_warns_when_the_context_exceeds_the_gated_length(tmp_profile, caplog):
+    import argparse
+
+    from redknot_sglang.config import add_cli_args, config_from_args
+
+    gated = mixed()
+    gated.provenance.fidelity = {"gated_length": 4096}
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(["--redknot-head-profile", str(tmp_profile(gated))])
+    with caplog.at_level("WARNING", logger="redknot_sglang.config"):
+        config_from_args(args, gated.model, context_len=4096)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="redknot_sglang.config"):
+        config_from_args(args, gated.model, context_len=8192)
+    assert "prompts of up to 4096 tokens; the context length is 8192" in caplog.text
+    assert HeadProfile.load("smollm2-135m-instruct").gated_length == 772  # the first profiler's, recorded

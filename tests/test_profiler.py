@@ -1,64 +1,61 @@
-"""The head profiler on SmolLM2-135M-Instruct (CPU): it writes a valid profile and heatmap, and at
-15% global heads its profile beats random 15% profiles on greedy agreement with dense."""
+"""The head profiler on SmolLM2-135M-Instruct (CPU, the 2K bucket of the dev split, a tiny grid): it
+writes the profile with its gate numbers, the pictures and the measurements, refuses a profile that
+fails unless forced, and resumes from its work folder. (Whether its heads beat random ones is
+measured on the GPU, where the search probes the ``random`` ranking next to the scored ones: at
+window 64 on 2K prompts every random and scored choice loses the same answer tokens.)"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from redknot_sglang.heads import HeadProfile
-from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.profile.cli import main
-from redknot_sglang.profile.gate import evaluate, prepare_held_out
-from redknot_sglang.profile.hf_model import ProfiledModel
 
-pytestmark = pytest.mark.server  # minutes on 2 cores: runs with the end-to-end tests
-
-WINDOW, SINK = 128, 4
-# Measured (SmolLM2-135M-Instruct, CPU fp32, window 128, calibration 2 x 512 tokens, held-out 4 prose +
-# 4 copy prompts x 32 tokens): profiler 0.8125 vs random 15% profiles 0.770 / 0.766 / 0.742 / 0.727
-# (mean 0.751, +0.061). The test asks for half of that gap over the mean, and a win over each.
-MARGIN = 0.03
+TINY = ["--buckets", "2k", "--dev-questions", "2", "--calibration", "1", "--rankings", "task",
+        "--target-length", "2048", "--new-tokens", "16"]
 
 
 @pytest.fixture(scope="module")
 def profiled(smollm2, tmp_path_factory):
     out = tmp_path_factory.mktemp("profile") / "smollm2.heads.json"
-    rc = main(["--model-path", str(smollm2), "--out", str(out), "--global-ratio", "0.15",
-               "--window", str(WINDOW), "--sink", str(SINK), "--n-calibration", "2", "--calib-length", "512",
-               "--held-out", "3", "--tokens", "24", "--needles", "2", "--force"])
-    assert rc == 0
-    return out
+    work = out.parent / "work"
+    args = ["--model-path", str(smollm2), "--out", str(out), "--work-dir", str(work), *TINY,
+            "--windows", "64,1024", "--global-ratios", "0.1,0.3", "--max-global-ratio", "0.3", "--force"]
+    assert main(args) == 0
+    return out, work, args
 
 
-def test_profiler_writes_valid_profile_and_heatmap(profiled, smollm2_fingerprint):
-    profile = HeadProfile.load(profiled)
+def test_profiler_writes_profile_pictures_and_measurements(profiled, smollm2_fingerprint):
+    out, _, _ = profiled
+    profile = HeadProfile.load(out)
     profile.check_model(smollm2_fingerprint, context_len=8192)
-    assert profile.provenance.method == "profiler"
-    assert round(0.15 * 90) == sum(map(sum, profile.is_global_matrix()))
     fid = profile.provenance.fidelity
-    assert {"cosine", "agreement", "needle_accuracy", "passed", "thresholds"} <= set(fid)
-    assert set(profile.provenance.params["scores"]) == {"edge_mass", "prefix_shift", "retrieval"}
-    assert all(spec.score is not None and 0 <= spec.score <= 1 for row in profile.heads for spec in row)
-    png = profiled.with_suffix(".png")
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert profile.gated_length == fid["gated_length"] == 2048
+    assert 0 < fid["kv_ratio"] < 1 and set(fid["buckets"]) == {"2k", "all"}
+    assert {"accuracy", "dense_accuracy", "top1_agreement", "cosine", "n"} <= set(fid["buckets"]["2k"])
+    search = json.loads(out.with_suffix(".search.json").read_text())
+    assert search["chosen"] in {row["key"] for row in search["grid"]} | {search["chosen"]}
+    assert len(search["grid"]) == 4  # 2 windows x 2 ratios
+    for png in (out.with_suffix(".png"), out.with_suffix(".fidelity.png")):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert profile.length_warning(8192) and profile.length_warning(2048) is None
 
 
-def test_profiler_beats_random_heads(profiled, smollm2):
-    profile = HeadProfile.load(profiled)
-    model = ProfiledModel(str(smollm2))
-    held = prepare_held_out(model, seed=0, window=WINDOW, sink=SINK, n_prompts=8, n_tokens=32, n_needles=0)
-    ours = evaluate(model, held, profile).agreement
-    randoms = [evaluate(model, held, synthetic_profile(profile.model, global_ratio=0.15, window=WINDOW,
-                                                       sink=SINK, seed=s)).agreement for s in (1, 2, 3, 4)]
-    print(f"\nagreement: profiler {ours:.3f}, random {randoms}")
-    assert ours >= sum(randoms) / len(randoms) + MARGIN, (ours, randoms)
-    assert ours > max(randoms), (ours, randoms)
+def test_resumed_run_measures_nothing_again(profiled, capsys):
+    out, work, args = profiled
+    lines = len((work / "answers.jsonl").read_text().splitlines())
+    assert main(args) == 0
+    assert len((work / "answers.jsonl").read_text().splitlines()) == lines
+    assert "candidates" not in capsys.readouterr().err  # no evaluation progress
 
 
-def test_profile_that_fails_the_gate_is_not_written(smollm2, tmp_path, capsys):
+def test_profile_that_fails_the_gate_is_not_written(smollm2, profiled, tmp_path, capsys):
+    _, work, _ = profiled
     out = tmp_path / "strict.heads.json"
-    rc = main(["--model-path", str(smollm2), "--out", str(out), "--global-ratio", "0.05", "--window", "16",
-               "--sink", "0", "--n-calibration", "1", "--calib-length", "256", "--held-out", "1", "--tokens", "8",
-               "--needles", "1", "--gate-agreement", "0.999"])
+    rc = main(["--model-path", str(smollm2), "--out", str(out), "--work-dir", str(work), *TINY,
+               "--windows", "64", "--global-ratios", "0.1", "--min-agreement", "0.999"])
     assert rc == 2 and not out.exists()
     assert "fails the fidelity gate: not written" in capsys.readouterr().err
+    assert out.with_suffix(".fidelity.png").exists()  # the picture shows why

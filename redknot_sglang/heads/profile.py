@@ -222,6 +222,21 @@ class HeadProfile(BaseModel):
                         "mark it global or shrink its window"
                     )
 
+    @property
+    def gated_length(self) -> Optional[int]:
+        """The prompt length the profiler measured this profile's fidelity at (None: not recorded)."""
+        fidelity = self.provenance.fidelity or {}
+        return fidelity.get("gated_length")
+
+    def length_warning(self, context_len: Optional[int]) -> Optional[str]:
+        """A warning when requests may be longer than the length this profile was gated at."""
+        gated = self.gated_length
+        if gated is None or context_len is None or context_len <= gated or self.all_heads_global:
+            return None
+        return (f"head profile was checked against dense attention at prompts of up to {gated} tokens; "
+                f"the context length is {context_len}: its fidelity on longer prompts is not measured "
+                f"(re-profile with `python -m redknot_sglang.profile --target-length {context_len}`)")
+
     def local_heads(self):
         for layer, row in enumerate(self.heads):
             for h, spec in enumerate(row):

@@ -1,122 +1,135 @@
-"""``python -m redknot_sglang.profile``: find the global heads of a model and write its profile.
+"""``python -m redknot_sglang.profile``: choose the global heads and the window of a model by measured
+fidelity at the length it will serve, and write its profile.
 
     python -m redknot_sglang.profile --model-path M --out M.heads.json \\
-        [--global-ratio 0.15 | --min-agreement 0.97] [--window 256 --sink 4] [--seed 0] [--force]
+        [--target-length 7168] [--min-agreement 0.95] [--max-accuracy-drop 0.02] [--max-global-ratio 0.15] \\
+        [--windows 128,256,512,1024,2048] [--sinks 4] [--global-ratios 0.05,0.1,0.15,0.2,0.3,0.4] \\
+        [--dev-questions 50] [--work-dir DIR] [--force]
 
-Scores every (layer, kv_head) on generated calibration data, picks the global heads (the top
-``--global-ratio`` by score, or the fewest that reach ``--min-agreement`` in the gate), checks the
-profile against dense attention on held-out prompts, and writes the JSON (with the gate's numbers)
-and a heatmap PNG next to it. A profile that fails the gate is not written unless ``--force``.
+Dense answers the benchmark's dev split (document QA, 2K/4K/7K-token prompts,
+:mod:`redknot_sglang.fidelity.docqa`); heads are scored by the attention they would lose at each
+(window, sink) on those prompts; :class:`~redknot_sglang.profile.search.ProfileSearch` measures
+candidates and picks the least KV memory at ``--target-length`` that passes in every bucket up to
+it. The profile records the length it was gated at, its KV bytes ratio there and the numbers per
+bucket; a profile that fails is not written unless ``--force``. Next to it: a heatmap
+(``.png``), the fidelity-vs-memory picture (``.fidelity.png``) and every measurement
+(``.search.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
+from redknot_sglang.fidelity.docqa import BUCKET_LENGTH, BUCKETS, DocQA
+from redknot_sglang.fidelity.hf import dense_reference
 from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
-from redknot_sglang.heads.profile import HeadProfile, ModelFingerprint
-from redknot_sglang.profile.gate import GateResult, HeldOut, Thresholds, evaluate, prepare_held_out
-from redknot_sglang.profile.heatmap import save_heatmap
+from redknot_sglang.profile.plots import save_heatmap, save_tradeoff
 from redknot_sglang.profile.hf_model import ProfiledModel
-from redknot_sglang.profile.scores import calibration_scores, combine
+from redknot_sglang.profile.scores import RANKINGS, window_scores
+from redknot_sglang.profile.search import Criteria, ProfileSearch, kv_ratio
 
 
-def top_heads(score: torch.Tensor, n_global: int) -> list[list[bool]]:
-    """The ``n_global`` highest-scoring heads are global (ties broken by position: stable)."""
-    order = torch.argsort(score.flatten(), descending=True, stable=True)[:n_global]
-    mask = torch.zeros(score.numel(), dtype=torch.bool)
-    mask[order] = True
-    return mask.view_as(score).tolist()
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
 
 
-def build(fp: ModelFingerprint, score: torch.Tensor, n_global: int, args: argparse.Namespace,
-          scores: dict[str, torch.Tensor], fidelity: Optional[dict] = None) -> HeadProfile:
-    params = {
-        "window": args.window, "sink": args.sink, "seed": args.seed,
-        "selection": "min_agreement" if args.min_agreement else "global_ratio",
-        "global_ratio": args.global_ratio, "min_agreement": args.min_agreement,
-        "calibration": {"texts": args.n_calibration, "tokens": args.calib_length},
-        "scores": {name: [[round(float(x), 5) for x in row] for row in s.tolist()] for name, s in scores.items()},
-    }
-    return HeadProfile.from_classes(fp, top_heads(score, n_global), window=args.window, sink=args.sink,
-                                    method="profiler", params=params, scores=score.tolist(), fidelity=fidelity)
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
 
 
-def select(model: ProfiledModel, held: HeldOut, fp: ModelFingerprint, score: torch.Tensor,
-           args: argparse.Namespace, scores: dict) -> tuple[int, GateResult]:
-    """Number of global heads, and the gate's result for it."""
-    total = score.numel()
-    if not args.min_agreement:
-        n = round(args.global_ratio * total)
-        return n, evaluate(model, held, build(fp, score, n, args, scores))
-    lo, hi, best = 0, total, None  # smallest n with agreement >= target (agreement grows with n)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        res = evaluate(model, held, build(fp, score, mid, args, scores))
-        print(f"  {mid:4d} global heads ({mid / total:.1%}): agreement {res.agreement:.4f}", flush=True)
-        if res.agreement >= args.min_agreement:
-            hi, best = mid, res
-        else:
-            lo = mid + 1
-    return lo, best or evaluate(model, held, build(fp, score, lo, args, scores))
-
-
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", required=True)
     ap.add_argument("--out", required=True)
-    pick = ap.add_mutually_exclusive_group()
-    pick.add_argument("--global-ratio", type=float, default=0.15)
-    pick.add_argument("--min-agreement", type=float, default=None,
-                      help="promote the highest-scoring heads until the gate's agreement reaches this")
-    ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--sink", type=int, default=4)
+    ap.add_argument("--target-length", type=int, default=max(BUCKET_LENGTH.values()),
+                    help="served prompt length the profile must pass at (buckets up to it are gated)")
+    ap.add_argument("--min-agreement", type=float, default=0.95, help="teacher-forced top-1 agreement with dense")
+    ap.add_argument("--max-accuracy-drop", type=float, default=0.02, help="accuracy below dense's allowed")
+    ap.add_argument("--max-global-ratio", type=float, default=0.15, help="largest fraction of global heads")
+    ap.add_argument("--windows", type=_ints, default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--sinks", type=_ints, default=[4])
+    ap.add_argument("--global-ratios", type=_floats, default=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4])
+    ap.add_argument("--rankings", type=lambda s: s.split(","), default=list(RANKINGS))
+    ap.add_argument("--buckets", type=lambda s: s.split(","), default=list(BUCKETS))
+    ap.add_argument("--dev-questions", type=int, default=50, help="per bucket")
+    ap.add_argument("--calibration", type=int, default=8, help="dev questions per bucket that score the heads")
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=6, help="candidate profiles per forward")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--n-calibration", type=int, default=4)
-    ap.add_argument("--calib-length", type=int, default=768)
-    ap.add_argument("--held-out", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--needles", type=int, default=6)
-    ap.add_argument("--gate-agreement", type=float, default=Thresholds.min_agreement)
-    ap.add_argument("--gate-cosine", type=float, default=Thresholds.min_cosine)
-    ap.add_argument("--force", action="store_true", help="write the profile even if it fails the gate")
-    args = ap.parse_args(argv)
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep measurements here and resume from them")
+    ap.add_argument("--force", action="store_true", help="write the profile even if it fails")
+    return ap.parse_args(argv)
+
+
+def _cached(work_dir: Optional[Path], name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in ``work_dir`` (a resumed run with the same arguments loads it)."""
+    if work_dir is None:
+        return compute()
+    path = work_dir / f"{name}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    value = compute()
+    torch.save(value, path)
+    return value
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
     t0 = time.monotonic()
     torch.manual_seed(args.seed)
     fp = fingerprint_of_model_path(args.model_path)
     model = ProfiledModel(args.model_path, device=args.device)
-    scores = calibration_scores(model, window=args.window, sink=args.sink, seed=args.seed,
-                                n_texts=args.n_calibration, length=args.calib_length)
-    score = combine(scores)
-    held = prepare_held_out(model, seed=args.seed, window=args.window, sink=args.sink,
-                            n_prompts=args.held_out, n_tokens=args.tokens, n_needles=args.needles)
-    thresholds = Thresholds(min_agreement=args.min_agreement or args.gate_agreement, min_cosine=args.gate_cosine)
-    n_global, result = select(model, held, fp, score, args, scores)
-    passed = result.passes(thresholds)
-    fidelity = {**dataclasses.asdict(result), "passed": passed, "thresholds": dataclasses.asdict(thresholds),
-                "seconds": round(time.monotonic() - t0, 1), "device": args.device}
-    profile = build(fp, score, n_global, args, scores, fidelity)
-    per_layer = [sum(row) for row in profile.is_global_matrix()]
-    print(f"profiled {args.model_path} in {fidelity['seconds']} s on {args.device}: "
-          f"{n_global} global heads ({profile.global_fraction:.1%}), per layer {per_layer}")
-    print(f"gate: cosine {result.cosine:.4f}, agreement {result.agreement:.4f} over {result.n_tokens} tokens x "
-          f"{result.n_prompts} prompts, needle {result.needle_accuracy:.2f} (dense {result.dense_needle_accuracy:.2f})"
-          f" -> {'PASS' if passed else 'FAIL'} ({thresholds})")
+    questions = DocQA(model.tokenizer, seed=args.seed).questions("dev", args.dev_questions, buckets=args.buckets)
+    refs = _cached(args.work_dir, "references", lambda: dense_reference(model, questions, args.new_tokens))
+    calib = [r for b in args.buckets for r in [r for r in refs if r.question.bucket == b][: args.calibration]]
+    shapes = [(w, s) for w in args.windows for s in args.sinks]
+    scores = _cached(args.work_dir, "scores", lambda: window_scores(model, calib, shapes))
+    search = ProfileSearch(model, fp, refs, scores, batch=args.batch, work_dir=args.work_dir)
+    criteria = Criteria(args.target_length, args.min_agreement, args.max_accuracy_drop, args.max_global_ratio)
+    chosen, measured, grid = search.run(args.windows, args.sinks, args.global_ratios, criteria, args.rankings)
+    mine = measured[chosen.key]
+    passed = criteria.passes(mine)
+    fidelity = {
+        "benchmark": "redknot_sglang.fidelity.docqa dev split (HF model, greedy, dense as reference)",
+        "gated_length": args.target_length, "kv_ratio": round(kv_ratio(search.profile(chosen), args.target_length), 4),
+        "passed": passed, "criteria": dataclasses.asdict(criteria),
+        "buckets": {b: dataclasses.asdict(s) for b, s in mine.items()},
+        "dev_questions_per_bucket": args.dev_questions, "seconds": round(time.monotonic() - t0, 1), "device": args.device,
+    }
+    params = {"global_ratio": round(chosen.n_global / search.num_heads, 4), "seed": args.seed,
+              "selection": "least KV memory passing at the target length", "candidates_measured": len(measured)}
+    profile = search.profile(chosen, params=params, fidelity=fidelity)
+    tb = criteria.target_bucket(mine)
+    print(f"profiled {args.model_path} in {fidelity['seconds']} s on {args.device}: {chosen.key} "
+          f"({profile.global_fraction:.1%} global), KV ratio {fidelity['kv_ratio']} at {args.target_length} tokens")
+    for b, s in mine.items():
+        print(f"  {b:>4}: accuracy {s.accuracy:.3f} (dense {s.dense_accuracy:.3f}), top-1 agreement "
+              f"{s.top1_agreement:.4f}, cosine {s.cosine}, n {s.n}")
+    print(f"gate at {args.target_length} tokens: {'PASS' if passed else 'FAIL'} ({criteria})")
+    out = Path(args.out)
+    rows = [{"key": c.key, "window": c.window, "sink": c.sink, "global_ratio": round(c.n_global / search.num_heads, 4),
+             "kv_ratio": round(kv_ratio(search.profile(c), args.target_length), 4),
+             "buckets": {b: dataclasses.asdict(s) for b, s in measured[c.key].items()}} for c in grid]
+    search_json = out.with_suffix(".search.json")
+    search_json.write_text(json.dumps({"target_length": args.target_length, "target_bucket": tb,
+                                       "chosen": chosen.key, "grid": rows}, indent=1) + "\n")
+    save_tradeoff(rows, chosen.key, tb, criteria, out.with_suffix(".fidelity.png"))
     if not passed and not args.force:
         print("profile fails the fidelity gate: not written (use --force to write it anyway)", file=sys.stderr)
         return 2
-    out = Path(args.out)
     profile.save(out)
-    png = save_heatmap(profile, out.with_suffix(".png"))
-    print(f"wrote {out} and {png}")
+    print(f"wrote {out}, {save_heatmap(profile, out.with_suffix('.png'))}, {out.with_suffix('.fidelity.png')} "
+          f"and {search_json}")
     return 0
 
 

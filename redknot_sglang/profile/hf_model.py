@@ -8,44 +8,107 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator, Optional
+import functools
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from redknot_sglang.heads.profile import HeadProfile
+from redknot_sglang.profile.lean import LeanCache, LeanLlama
 
 IMPLEMENTATION = "redknot_profile"
 
 
 @dataclasses.dataclass
 class _State:
-    masks: Optional[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None  # per layer (local, window, sink)
+    # per layer (local, window, sink), each [B, Hkv] on the host: row b of the batch runs profile b (B = 1: all rows)
+    masks: Optional[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
     collector: Optional[Callable[[int, torch.Tensor], None]] = None
+    groups: dict = dataclasses.field(default_factory=dict)  # _head_groups' answers for the masks set
 
 
 _STATE = _State()
 
 
+def allowed_keys(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group: int, t: int, s: int,
+                 device: torch.device) -> torch.Tensor:
+    """Which keys each query may read: ``[B|1, Hq|1, T, S]``, queries at the last ``t`` of ``s``
+    positions. A local head reads ``[0, sink)`` and ``[i - window + 1, i]``, a global head ``[0, i]``."""
+    q_pos = torch.arange(s - t, s, device=device)[:, None]
+    k_pos = torch.arange(s, device=device)[None, :]
+    causal = k_pos <= q_pos  # [T, S]
+    if masks is None:
+        return causal[None, None]
+    local, window, sink = (x.to(device).repeat_interleave(group, dim=-1)[..., None, None] for x in masks)  # [B, Hq, 1, 1]
+    in_local = (k_pos < sink) | (k_pos > q_pos - window)
+    return causal & (~local | in_local)
+
+
+def _head_groups(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group: int,
+                 shape: tuple[int, int], device: torch.device) -> list[tuple[Optional[tuple[torch.Tensor, torch.Tensor]], int, int]]:
+    """The (row, query head) pairs of a batch by what they read: ``(pairs on device or None for
+    all, window, sink)``, window 0 for global heads (every earlier key). Kept per masks, shape and
+    device while the profile is set: a decode step asks again for every layer."""
+    if masks is None:
+        return [(None, 0, 0)]
+    key = (id(masks), shape, str(device))
+    if key not in _STATE.groups or _STATE.groups[key][0] is not masks:
+        local, window, sink = (x.repeat_interleave(group, dim=-1).expand(shape) for x in masks)
+        window = torch.where(local, window, torch.zeros_like(window))
+        sink = torch.where(local, sink, torch.zeros_like(sink))
+        out = []
+        for w, sk in sorted({(int(a), int(b)) for a, b in zip(window.flatten(), sink.flatten())}):
+            rows, heads = ((window == w) & (sink == sk)).nonzero(as_tuple=True)
+            out.append(((rows.to(device), heads.to(device)), w, sk))
+        _STATE.groups[key] = (masks, out)
+    return _STATE.groups[key][1]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: int, scaling: float) -> torch.Tensor:
+    """``[1, G, T, D]`` queries at the last ``T`` of ``S`` positions; ``window`` 0: causal."""
+    t, s = q.shape[2], k.shape[2]
+    if window == 0 and t in (1, s):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=scaling)
+    mask = allowed_keys(None, 1, t, s, q.device)
+    if window:
+        q_pos = torch.arange(s - t, s, device=q.device)[:, None]
+        k_pos = torch.arange(s, device=q.device)[None, :]
+        mask = mask & ((k_pos < sink) | (k_pos > q_pos - window))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+
+
+def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                       masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``query`` ``[B, Hq, T, D]`` at the last ``T`` of ``S`` positions, ``key``/``value`` ``[B, Hkv, S,
+    D]``, row ``b`` under ``masks`` row ``b`` (None: dense) -> ``[B, Hq, T, D]``: one SDPA call per
+    kind of head (global; local of a window and sink) over all (row, head) pairs of that kind, so no
+    per-head mask is materialised and global heads take the causal kernel."""
+    group = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(group, dim=1)
+    v = value.repeat_interleave(group, dim=1)
+    groups = _head_groups(masks, group, tuple(query.shape[:2]), query.device)
+    if len(groups) == 1:
+        return _sdpa(query, k, v, groups[0][1], groups[0][2], scaling)
+    out = torch.empty_like(query)
+    for (rows, heads), w, sk in groups:
+        out[rows, heads] = _sdpa(query[rows, heads][None], k[rows, heads][None], v[rows, heads][None], w, sk, scaling)[0]
+    return out
+
+
 def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """``query`` ``[B, Hq, T, D]``, ``key``/``value`` ``[B, Hkv, S, D]``; batch 1, no padding (the
-    profiler's use), so the causal mask is built here and ``attention_mask`` is not needed."""
-    hq, hkv = query.shape[1], key.shape[1]
-    group = hq // hkv
-    t, s = query.shape[2], key.shape[2]
+    """transformers' attention interface: no padding (every row of a batch is the same sequence,
+    possibly under another profile), so masks are built here and ``attention_mask`` is not needed.
+    With a collector the probabilities are materialised (batch 1) and handed to it."""
+    masks = None if _STATE.masks is None else _STATE.masks[module.layer_idx]
+    if _STATE.collector is None:
+        return profiled_attention(query, key, value, scaling, masks).transpose(1, 2).contiguous(), None
+    group = query.shape[1] // key.shape[1]
+    allowed = allowed_keys(masks, group, query.shape[2], key.shape[2], query.device)
     k = key.repeat_interleave(group, dim=1)
     v = value.repeat_interleave(group, dim=1)
     scores = torch.matmul(query.float(), k.float().transpose(2, 3)) * scaling
-    q_pos = torch.arange(s - t, s, device=query.device)[:, None]
-    k_pos = torch.arange(s, device=query.device)[None, :]
-    allowed = (k_pos <= q_pos)[None]  # [1, T, S]
-    if _STATE.masks is not None:
-        local, window, sink = (x.repeat_interleave(group) for x in _STATE.masks[module.layer_idx])
-        in_local = (k_pos[None] < sink[:, None, None]) | (k_pos[None] >= q_pos[None] - window[:, None, None] + 1)
-        allowed = allowed & (~local[:, None, None] | in_local)  # [Hq, T, S]
-    scores = scores.masked_fill(~allowed.unsqueeze(0), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    if _STATE.collector is not None:
-        _STATE.collector(module.layer_idx, probs[0])
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    _STATE.collector(module.layer_idx, probs[0])
     out = torch.matmul(probs.to(value.dtype), v)
     return out.transpose(1, 2).contiguous(), None
 
@@ -76,23 +139,28 @@ class ProfiledModel:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     @contextlib.contextmanager
-    def profile(self, profile: Optional[HeadProfile]) -> Iterator[None]:
-        """Run with ``profile``'s local heads masked (None: dense)."""
+    def profile(self, profile: Union[None, HeadProfile, Sequence[Optional[HeadProfile]]]) -> Iterator[None]:
+        """Run with ``profile``'s local heads masked (None: dense). A list runs row ``b`` of each
+        batch under ``profile[b]`` (None rows dense): one forward scores several profiles."""
         saved = _STATE.masks
-        if profile is None:
+        _STATE.groups.clear()
+        rows = [profile] if profile is None or isinstance(profile, HeadProfile) else list(profile)
+        if all(p is None for p in rows):
             _STATE.masks = None
         else:
             masks = []
-            for row in profile.heads:
-                local = torch.tensor([not s.is_global for s in row], device=self.device)
-                window = torch.tensor([s.window or 0 for s in row], device=self.device)
-                sink = torch.tensor([s.sink or 0 for s in row], device=self.device)
-                masks.append((local, window, sink))
+            for layer in range(self.num_layers):
+                specs = [[None] * self.num_kv_heads if p is None else p.heads[layer] for p in rows]
+                local = torch.tensor([[s is not None and not s.is_global for s in r] for r in specs])
+                window = torch.tensor([[(s.window or 0) if s is not None else 0 for s in r] for r in specs])
+                sink = torch.tensor([[(s.sink or 0) if s is not None else 0 for s in r] for r in specs])
+                masks.append((local, window, sink))  # on the host: grouping heads reads them
             _STATE.masks = masks
         try:
             yield
         finally:
             _STATE.masks = saved
+            _STATE.groups.clear()
 
     @contextlib.contextmanager
     def collect(self, fn: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
@@ -103,6 +171,15 @@ class ProfiledModel:
         finally:
             _STATE.collector = saved
 
+    @functools.cached_property
+    def lean(self) -> LeanLlama:
+        """The same model as a lean forward with a preallocated cache (for the fidelity benchmark)."""
+        return LeanLlama(self.model)
+
+    def step(self, ids: torch.Tensor, cache: LeanCache, keep_logits: int) -> torch.Tensor:
+        """:meth:`LeanLlama.forward` under the profile(s) of :meth:`profile`."""
+        return self.lean.forward(ids, cache, keep_logits, _STATE.masks)
+
     @torch.no_grad()
     def attend(self, ids: list[int]) -> None:
         """Run the decoder layers only (for the collector; no LM head)."""
@@ -112,6 +189,15 @@ class ProfiledModel:
     def logits(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], device=self.device)
         return self.model(input_ids=x, use_cache=False).logits[0].float()
+
+    @torch.no_grad()
+    def teacher_forced(self, ids: Sequence[int], cont: Sequence[int], rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed ``ids + cont`` (``rows`` copies: one per profile of :meth:`profile`) and return each
+        row's top-1 prediction for every token of ``cont`` ``[rows, len(cont)]`` and its logits before
+        ``cont[0]`` ``[rows, vocab]`` (float32)."""
+        x = torch.tensor([list(ids) + list(cont[:-1])], device=self.device).expand(rows, -1)
+        logits = self.model(input_ids=x, use_cache=False, logits_to_keep=len(cont)).logits.float()
+        return logits.argmax(-1), logits[:, 0]
 
     @torch.no_grad()
     def greedy(self, ids: list[int], n: int) -> list[int]:

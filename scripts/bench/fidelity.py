@@ -1,113 +1,107 @@
-"""Fidelity of the head split on a real model: SmolLM2-135M-Instruct served by stock SGLang and by
-RedKnot with the profile shipped for it (10 of 90 KV heads global; local heads window 256, sink 4),
-greedy decoding of a fixed set of long prompts (prose continuation, and copies whose continuation
-sits ~1K tokens back, far outside the window). Runs on CPU.
+"""Fidelity of the head split at the lengths served, through real servers: the document-QA test
+split (:mod:`redknot_sglang.fidelity.docqa`: 6-9 prose documents, single- and two-hop questions over
+confusable facts, 2K / 4K / 7K-token prompts) asked of a stock SGLang server (dense: the baseline
+and the reference) and of a redknot server per head profile, greedy, 24 new tokens.
 
-Reports per prompt kind: tokens equal to stock position by position, exact continuations, first
-divergence, and for copies how many of the sequence's words each server reproduces; the same for a
-random profile with as many global heads (seeded), to show what the profiler's choice is worth.
-Writes bench/results/fidelity.json.
+Per prompt-length bucket and profile: answer accuracy next to dense's on the same questions,
+teacher-forced top-1 agreement over dense's answer tokens, first-token similarity, the profile's
+local fraction, window and KV bytes ratio at that length. The stock server's agreement with its own
+greedy answers (teacher forcing runs as one prefill, greedy as decode steps) is the noise floor.
+
+    python scripts/bench/fidelity.py [--profiles smollm2-135m-instruct,...] [--per-bucket 100]
+    python scripts/bench/fidelity.py --cpu --per-bucket 2 --buckets 2k    # the CPU smoke slice
+
+Writes bench/results/fidelity.json (``--out`` to change).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
+import statistics
+import time
 from pathlib import Path
 
+from redknot_sglang.fidelity.docqa import BUCKET_LENGTH, BUCKETS, DocQA
+from redknot_sglang.fidelity.server import Asker, server_flags
+from redknot_sglang.fidelity.summary import bucket_scores
 from redknot_sglang.heads.profile import HeadProfile
-from redknot_sglang.heads.synthetic import synthetic_profile
-from redknot_sglang.profile.calibration import copy, prose
+from redknot_sglang.profile.search import kv_ratio
+from redknot_sglang.testing.bench_sides import device_name
 from redknot_sglang.testing.models import smollm2_dir
-from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
+from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
-def prompts(n: int, seed: int = 2026) -> list[dict]:
-    rng = random.Random(seed)
-    out = [{"kind": "prose", "text": prose(rng, 5000)} for _ in range(n)]
-    for _ in range(n):
-        item = copy(rng, n_words=40, filler_chars=4000)
-        out.append({"kind": "copy", "text": item.text, "answer": item.answer})
-    return out
-
-
-def generate(server: Server, items: list[dict], n_tokens: int) -> list[dict]:
-    out = []
-    for item in items:
-        r = server.generate({"text": item["text"], "sampling_params": {"temperature": 0, "max_new_tokens": n_tokens}})
-        out.append({"ids": r["output_ids"], "text": r["text"], "prompt_tokens": r["meta_info"]["prompt_tokens"]})
-    return out
-
-
-def words_copied(text: str, answer: str) -> float:
-    want, got = answer.split(), text.split()
-    return sum(a == b for a, b in zip(want, got)) / len(want)
+def rows_for(name: str, profile: HeadProfile, answers, dense, questions) -> list[dict]:
+    rows = []
+    for bucket, s in bucket_scores(answers, dense).items():
+        if bucket == "all":
+            continue
+        local = [spec for _, _, spec in profile.local_heads()]
+        lens = [len(q.ids) for q in questions if q.bucket == bucket]
+        rows.append({
+            "prompt_len": BUCKET_LENGTH[bucket], "mean_prompt_tokens": round(statistics.mean(lens)),
+            "profile": name, "local_fraction": round(1 - profile.global_fraction, 4),
+            "window": sorted({x.window for x in local}) if local else None,
+            "sink": sorted({x.sink for x in local}) if local else None,
+            "kv_ratio": round(kv_ratio(profile, BUCKET_LENGTH[bucket]), 4),
+            "dense_accuracy": s.dense_accuracy, "redknot_accuracy": s.accuracy, "top1_agreement": s.top1_agreement,
+            "first_token_cosine": s.cosine, "n_questions": s.n,
+        })
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=6, help="per kind")
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--profile", default="smollm2-135m-instruct")
+    ap.add_argument("--profiles", default="smollm2-135m-instruct", help="comma-separated paths or shipped names")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--per-bucket", type=int, default=100)
+    ap.add_argument("--buckets", type=lambda s: s.split(","), default=list(BUCKETS))
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--cpu", action="store_true", help="CPU servers (torch_native), one request at a time")
+    ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
     args = ap.parse_args()
+    from transformers import AutoTokenizer
+
     model = smollm2_dir()
-    items = prompts(args.prompts)
-    profile = HeadProfile.load(args.profile)
-    random_path = RESULTS / "_random_profile.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    synthetic_profile(profile.model, global_ratio=profile.global_fraction, window=256, sink=4, seed=0).save(random_path)
-    common = (*CPU_ARGS, "--max-total-tokens", "16384", "--random-seed", "0")
-    with Server(model, common) as s:
-        stock = generate(s, items, args.tokens)
-    rows = []
-    for name, path in ((args.profile, args.profile), ("random, same size", str(random_path))):
-        with Server(model, (*common, *REDKNOT_ARGS, "--redknot-head-profile", path,
-                            "--redknot-window-pool-ratio", "0.5")) as s:
-            ours = generate(s, items, args.tokens)
-        rows += compare(name, items, stock, ours, args.tokens)
-    random_path.unlink()
-    result = {
-        "device": f"cpu ({platform.machine()}), torch_native base backend",
-        "model": "SmolLM2-135M-Instruct (bf16)",
-        "profile": {"name": args.profile, "global_fraction": round(profile.global_fraction, 4),
-                    "window": 256, "sink": 4, "gate": profile.provenance.fidelity},
-        "new_tokens": args.tokens,
-        "results": rows,
-    }
-    (RESULTS / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"greedy agreement with stock SGLang, {args.tokens} new tokens, profile {args.profile} "
-          f"({profile.global_fraction:.1%} global heads)")
-    print(f"{'profile':>22} {'kind':>6} {'prompts':>7} {'tokens':>7} {'agree':>7} {'exact':>6} {'1st diff':>8} "
-          f"{'copied (stock/ours)':>20}")
-    for r in rows:
-        copied = f"{r['stock_words_copied']:.2f} / {r['redknot_words_copied']:.2f}" if r["kind"] == "copy" else "-"
-        print(f"{r['profile']:>22} {r['kind']:>6} {r['prompts']:>7} {r['prompt_tokens']:>7} {r['token_agreement']:>7.3f} "
-              f"{r['exact_continuations']:>6} {r['mean_first_divergence']:>8.1f} {copied:>20}")
-
-
-def compare(name: str, items: list[dict], stock: list[dict], ours: list[dict], n_tokens: int) -> list[dict]:
-    rows = []
-    for kind in ("prose", "copy"):
-        idx = [i for i, it in enumerate(items) if it["kind"] == kind]
-        equal = [sum(a == b for a, b in zip(ours[i]["ids"], stock[i]["ids"])) / len(stock[i]["ids"]) for i in idx]
-        first = [next((k for k, (a, b) in enumerate(zip(ours[i]["ids"], stock[i]["ids"])) if a != b), n_tokens)
-                 for i in idx]
-        row = {
-            "profile": name, "kind": kind, "prompts": len(idx),
-            "prompt_tokens": round(sum(stock[i]["prompt_tokens"] for i in idx) / len(idx)),
-            "token_agreement": round(sum(equal) / len(idx), 4),
-            "exact_continuations": sum(e == 1.0 for e in equal),
-            "mean_first_divergence": round(sum(first) / len(idx), 1),
-        }
-        if kind == "copy":
-            row["stock_words_copied"] = round(sum(words_copied(stock[i]["text"], items[i]["answer"]) for i in idx) / len(idx), 3)
-            row["redknot_words_copied"] = round(sum(words_copied(ours[i]["text"], items[i]["answer"]) for i in idx) / len(idx), 3)
-        rows.append(row)
-    return rows
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    questions = DocQA(tokenizer).questions(args.split, args.per_bucket, buckets=args.buckets)
+    concurrency = 1 if args.cpu else args.concurrency
+    stock_flags, ours_flags = server_flags(args.cpu, concurrency)
+    t0 = time.monotonic()
+    with Server(model, stock_flags, log_path=args.log_dir / "fidelity-stock.log") as s:
+        dense, ref_tokens, ref_top = Asker(s, tokenizer, args.new_tokens, concurrency).ask(questions)
+    print(f"stock: {time.monotonic() - t0:.0f} s")
+    results, noise = [], []
+    for b, s in bucket_scores(dense, dense).items():
+        if b != "all":
+            noise.append({"prompt_len": BUCKET_LENGTH[b], "dense_accuracy": s.accuracy,
+                          "dense_self_top1_agreement": s.top1_agreement, "n_questions": s.n})
+    for name in args.profiles.split(","):
+        profile = HeadProfile.load(name)
+        t1 = time.monotonic()
+        with Server(model, [*ours_flags, "--redknot-head-profile", name],
+                    log_path=args.log_dir / f"fidelity-{Path(name).stem}.log") as s:
+            ours, _, _ = Asker(s, tokenizer, args.new_tokens, concurrency).ask(questions, ref_tokens, ref_top)
+        print(f"{name}: {time.monotonic() - t1:.0f} s")
+        results += rows_for(Path(name).name.removesuffix(".json").removesuffix(".heads"), profile, ours, dense, questions)
+    out = {"device": device_name() if not args.cpu else "cpu", "model": "SmolLM2-135M-Instruct (bf16)",
+           "benchmark": f"docqa {args.split} split, greedy, {args.new_tokens} new tokens",
+           "servers": {"stock": stock_flags, "redknot": ours_flags}, "dense_noise_floor": noise, "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"{'profile':>28} {'len':>5} {'kv':>6} {'dense':>6} {'ours':>6} {'top1':>7} {'cos':>7} {'n':>4}")
+    for r in results:
+        print(f"{r['profile'][-28:]:>28} {r['prompt_len']:>5} {r['kv_ratio']:>6.3f} {r['dense_accuracy']:>6.3f} "
+              f"{r['redknot_accuracy']:>6.3f} {r['top1_agreement']:>7.4f} {r['first_token_cosine']:>7.4f} {r['n_questions']:>4}")
+    for r in noise:
+        print(f"{'stock vs its own greedy':>28} {r['prompt_len']:>5} {'1.000':>6} {r['dense_accuracy']:>6.3f} "
+              f"{'':>6} {r['dense_self_top1_agreement']:>7.4f}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

