@@ -13,9 +13,16 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+SERVER_TESTS = Path(__file__).parent / "server"
+
+
 def pytest_collection_modifyitems(config, items):
+    """tests/server starts real SGLang processes: marked ``server`` by where they live (so
+    ``-m "not server"`` starts none); GPU tests skip on hosts without CUDA."""
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
+        if SERVER_TESTS in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.server)
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
 

@@ -9,8 +9,6 @@ from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.testing.equality import assert_equivalent, run_all
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
-pytestmark = pytest.mark.server
-
 COMMON = (*CPU_ARGS, "--max-total-tokens", "8192", "--random-seed", "0")
 DOCS = ["Document A: the red box holds seven coins and a key.",
         "Document B: the blue box is empty except for a map of the old harbour and its lights."]

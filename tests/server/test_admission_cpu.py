@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
@@ -27,7 +26,6 @@ def test_window_growth():
     assert window_growth(decoded=144, remaining=0, window=48, interval=32) == 0
 
 
-@pytest.mark.server
 def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2_fingerprint, tmp_path):
     path = tmp_path / "w48.json"
     synthetic_profile(smollm2_fingerprint, global_ratio=0.15, window=WINDOW, sink=4, seed=3).save(path)

@@ -13,8 +13,6 @@ from redknot_sglang.fidelity.summary import bucket_scores
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.testing.server import Server
 
-pytestmark = pytest.mark.server
-
 
 @pytest.fixture(scope="module")
 def slice_(smollm2):

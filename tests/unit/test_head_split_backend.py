@@ -102,9 +102,11 @@ def test_extend_then_decode_matches_reference(local_impl):
         g = layout.layers[i].num_global
         torch.testing.assert_close(pool.k_sink[i][1, :SINK], k_true[1][i][:SINK, g:])
 
-    for step in range(3):  # request 1 decodes; its out-of-window slots are freed as SGLang does
+    freed = SINK  # request 1 decodes; its out-of-window slots are freed once each, as SGLang does
+    for step in range(3):
         pos = 20 + step
-        alloc.free_swa(req_pool.req_to_token[1, SINK : pos - WINDOW].long())
+        alloc.free_swa(req_pool.req_to_token[1, freed : pos - WINDOW].long())
+        freed = pos - WINDOW
         slot = alloc.alloc(1)
         req_pool.req_to_token[1, pos] = slot.int()
         fb = ForwardBatch(

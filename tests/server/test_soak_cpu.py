@@ -11,13 +11,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
-
-pytestmark = pytest.mark.server
 
 N_REQUESTS = 1000
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()

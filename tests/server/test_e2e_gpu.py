@@ -13,7 +13,7 @@ from redknot_sglang.testing.equality import assert_equivalent, run_all
 from redknot_sglang.testing.models import llama8b_dir
 from redknot_sglang.testing.server import REDKNOT_ARGS, Server
 
-pytestmark = [pytest.mark.gpu, pytest.mark.server]
+pytestmark = pytest.mark.gpu
 
 # prefill CUDA graphs take minutes to capture per server; decode graphs stay on
 GPU = ("--cuda-graph-max-bs", "4", "--cuda-graph-backend-prefill", "disabled", "--random-seed", "0")
