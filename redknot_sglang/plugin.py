@@ -45,6 +45,11 @@ def _from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Names
         # the prompt's last window (off by default): without it a long decode holds two windows of
         # window slots for its whole life. Scheduler processes inherit the variable.
         os.environ.setdefault("SGLANG_OPT_SWA_RELEASE_LEAF_LOCK_AFTER_WINDOW", "1")
+        # Free a chunked prefill's out-of-window window slots as each chunk enters the tree (off by
+        # default in 0.5.17, on in 0.5.23): without it a cached prompt keeps window slots for all its
+        # tokens, and the window pool, sized for windows, holds the last windows of a few prompts
+        # only; their eviction made every long prompt miss (issue 13: 0 of 32K tokens reused).
+        os.environ.setdefault("SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS", "1")
     server_args = original(cls, args)
     setattr(server_args, ATTR, cfg)
     return server_args

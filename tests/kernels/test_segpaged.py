@@ -43,14 +43,14 @@ def test_torch_path_matches_reference(seed, decode):
     assert _rel_err(out, reference(case)) < 1e-6
 
 
-def _run_kernel(case, decode: bool, num_splits=None):
+def _run_kernel(case, decode: bool, num_splits=None, tuning=None):
     from redknot_sglang.kernels import segpaged
 
     out = torch.full_like(case.q, float("nan"))
     if decode:
         segpaged.segpaged_decode(
             case.q, out, case.k_win, case.v_win, case.k_sink, case.v_sink, case.req_to_token, case.full_to_swa,
-            case.rows, case.seq_lens, case.window, case.sink, case.scale, case.max_keys, num_splits,
+            case.rows, case.seq_lens, case.window, case.sink, case.scale, case.max_keys, num_splits, tuning,
         )
     else:
         segpaged.segpaged_extend(
@@ -78,6 +78,15 @@ def test_decode_splits_agree():
     ref = reference(case)
     for splits in (1, 2, 3):
         assert _rel_err(_run_kernel(case, True, splits), ref) < 1e-4
+
+
+def test_decode_rescales_across_key_tiles():
+    """One split walking several key tiles (16 keys each) whose maxima differ: the running max and
+    the rescale of what was accumulated before must be right, not only one tile's softmax."""
+    case = make_case([150, 97], [1, 1], window=[100, 60], sink=[5, 3], group=2, head_dim=32, seed=11,
+                     device="cuda" if CUDA else "cpu")
+    case.q *= 4  # sharp attention: tiles' maxima far apart, a missing rescale shows
+    assert _rel_err(_run_kernel(case, True, 1, {"block_n": 16}), reference(case)) < 1e-4
 
 
 @pytest.mark.gpu

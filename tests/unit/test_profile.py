@@ -44,6 +44,24 @@ def test_all_global_builtin(smollm2_fingerprint):
     p.check_model(smollm2_fingerprint, context_len=8192)
 
 
+def test_fingerprint_reads_rope_scaling_from_either_transformers_layout():
+    """A profile made for Llama 3's scaled RoPE must not pass for the same shapes unscaled."""
+    from types import SimpleNamespace
+
+    from redknot_sglang.heads.fingerprint import fingerprint_from_hf_config
+
+    shapes = dict(architectures=["LlamaForCausalLM"], num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, hidden_size=512, head_dim=64)
+    v4 = fingerprint_from_hf_config(SimpleNamespace(**shapes, rope_theta=5e5,
+                                                    rope_scaling={"rope_type": "llama3", "factor": 8.0}))
+    v5 = fingerprint_from_hf_config(SimpleNamespace(**shapes, rope_parameters={"rope_theta": 5e5,
+                                                                               "rope_type": "llama3", "factor": 8.0}))
+    plain = fingerprint_from_hf_config(SimpleNamespace(**shapes, rope_theta=5e5))
+    assert v4 == v5 and (v4.rope_type, v4.rope_factor, v4.rope_theta) == ("llama3", 8.0, 5e5)
+    assert plain.rope_type == "default" and plain.rope_factor is None
+    assert {m.split(":")[0] for m in v4.mismatches(plain)} == {"rope_type", "rope_factor"}
+
+
 def test_ideal_factor_matches_formula():
     model = fp(num_layers=10, num_kv_heads=10)
     glob = [[h < 2 for h in range(10)] for _ in range(10)]  # g = 0.2
@@ -60,6 +78,8 @@ def test_ideal_factor_matches_formula():
         ("head_dim", 128, "head_dim: profile has 64, served model has 128"),
         ("rope_theta", 500000.0, "rope_theta: profile has 10000.0, served model has 500000.0"),
         ("architecture", "Qwen3ForCausalLM", "architecture: profile has 'LlamaForCausalLM'"),
+        ("rope_type", "llama3", "rope_type: profile has 'default', served model has 'llama3'"),
+        ("rope_factor", 8.0, "rope_factor: profile has None, served model has 8.0"),
     ],
 )
 def test_profile_for_another_model_names_the_field(field, value, message):

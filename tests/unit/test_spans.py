@@ -27,6 +27,7 @@ def test_token_ranges_and_text_pieces_resolve_in_prompt_order():
 
 @pytest.mark.parametrize("marks, message", [
     ([[4, 8], [6, 10]], "overlaps"),
+    ([[4, 8], [7, 10]], "overlaps"),  # one shared token is an overlap too
     ([[9, 13], [4, 8]], "overlaps or precedes"),
     ([[4, 4]], "empty span"),
     ([[10, 99]], "outside the prompt's 16 tokens"),
