@@ -39,7 +39,8 @@ class RedknotConfig:
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
     sparse_ffn_keep: float = 1.0  # 1 = off
-    sparse_ffn_from_layer: int = 0
+    sparse_ffn_from_layer: Optional[int] = None  # None: half the served model's layers (resolved by config_from_args)
+    chunk_window_checkpoints: bool = False
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -47,6 +48,11 @@ class RedknotConfig:
         if self.base_backend != "auto":
             return self.base_backend
         return "flashinfer" if str(device or "cuda").startswith("cuda") else "torch_native"
+
+
+def _default(field: str) -> Any:
+    """The flag's default: the :class:`RedknotConfig` field's, the one source of defaults."""
+    return RedknotConfig.__dataclass_fields__[field].default
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +67,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--redknot-base-backend",
-        default="auto",
+        default=_default("base_backend"),
         choices=BASE_BACKENDS,
         help="SGLang attention kernels used for global heads: auto = flashinfer on CUDA, "
         "torch_native on CPU.",
@@ -69,7 +75,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redknot-window-pool-ratio",
         type=float,
-        default=None,
+        default=_default("window_pool_ratio"),
         help="Window-pool slots per full-pool slot (local heads' KV vs global heads'); default "
         "(2 x window + 128 + page) / context length, which fits requests of the context length at "
         "their peak (two windows while a long decode passes its first window).",
@@ -77,20 +83,20 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redknot-sink-cache-blocks",
         type=int,
-        default=32,
+        default=_default("sink_cache_blocks"),
         help="Cached sink copies (local heads' first tokens) for prefix reuse.",
     )
     group.add_argument(
         "--redknot-max-document-tokens",
         type=int,
-        default=16384,
+        default=_default("max_document_tokens"),
         help="Longest document a request may mark for reuse (custom_params.redknot_documents); "
         "longer marks get HTTP 400.",
     )
     group.add_argument(
         "--redknot-segment-store-gb",
         type=float,
-        default=4.0,
+        default=_default("segment_store_gb"),
         help="GPU memory for marked documents' cached KV (global heads' every token, local heads' "
         "sink and window), outside --mem-fraction-static; 0 turns document reuse off (marks are "
         "then checked and served as stock).",
@@ -98,13 +104,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redknot-segment-host-gb",
         type=float,
-        default=16.0,
+        default=_default("segment_host_gb"),
         help="Host memory (pinned on CUDA) that cold documents spill to before they are dropped.",
     )
     group.add_argument(
         "--redknot-sparse-ffn-keep",
         type=float,
-        default=1.0,
+        default=_default("sparse_ffn_keep"),
         help="Sparse FFN during recovery (Llama models): in deep layers only this fraction of the "
         "recomputed document tokens, those with the largest attention output, run the FFN (the last "
         "128 prompt tokens always do); 1 = off (default: it cost accuracy on SmolLM2 at 0.5).",
@@ -112,8 +118,17 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redknot-sparse-ffn-from-layer",
         type=int,
-        default=None,
+        default=_default("sparse_ffn_from_layer"),
         help="First layer whose FFN is sparse (default: half the layers).",
+    )
+    group.add_argument(
+        "--redknot-chunk-window-checkpoints",
+        action="store_true",
+        default=_default("chunk_window_checkpoints"),
+        help="Local heads keep a window only at each prefill chunk's end of a cached prompt (SGLang's "
+        "SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS): long prompts then stay reusable under "
+        "window-pool pressure, and a prompt that forks inside an earlier one reuses up to the last "
+        "chunk end before the fork (off: every cached token keeps its window slot until evicted).",
     )
 
 
@@ -151,6 +166,7 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         sparse_ffn_keep=args.redknot_sparse_ffn_keep,
         sparse_ffn_from_layer=(args.redknot_sparse_ffn_from_layer if args.redknot_sparse_ffn_from_layer is not None
                                else served.num_layers // 2),
+        chunk_window_checkpoints=args.redknot_chunk_window_checkpoints,
     )
 
 

@@ -8,10 +8,10 @@ row instead of recomputing. Blocks are keyed by content: ``(extra_key, first sin
 (the sink of a causal model depends on nothing else), so different tenants (``extra_key`` /
 ``cache_salt``) never share one. Blocks are plain LRU: losing one costs a recompute, never
 correctness, because a prefix whose sink block is gone is not reused (see
-:class:`~redknot_sglang.cache.head_split_cache.HeadSplitRadixCache`).
+:class:`~redknot_sglang.integration.head_split_cache.HeadSplitRadixCache`).
 
 This class is bookkeeping only (CPU); the data lives in
-:class:`~redknot_sglang.mem.head_split_pool.HeadSplitKVPool`.
+:class:`~redknot_sglang.integration.head_split_pool.HeadSplitKVPool`.
 """
 
 from __future__ import annotations

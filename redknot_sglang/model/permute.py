@@ -39,8 +39,14 @@ def head_rows(perm: Sequence[int], group: int, head_dim: int) -> torch.Tensor:
 @torch.no_grad()
 def permute_kv_heads(model: torch.nn.Module, layout: RankHeadLayout) -> int:
     """Apply the layout's per-layer head order to the model's weights in place; returns how many
-    layers changed. Idempotent per layout (re-running with the same layout is a no-op)."""
-    if getattr(model, "_redknot_head_order", None) is layout:
+    layers changed. Applied once per model: every attention backend SGLang builds for it (two-batch
+    overlap, draft/target pairs) makes its own equal layout and finds the weights already in that
+    order; an order that differs from the one applied is refused."""
+    head_order = tuple(layer.perm for layer in layout.layers)
+    applied = getattr(model, "_redknot_head_order", None)
+    if applied is not None:
+        if applied != head_order:
+            raise ValueError("redknot: the model's heads were already reordered for another head layout")
         return 0
     modules = _attention_modules(model)
     if sorted(modules) != list(range(layout.num_layers)):
@@ -64,5 +70,5 @@ def permute_kv_heads(model: torch.nn.Module, layout: RankHeadLayout) -> int:
         o = module.o_proj.weight
         o.copy_(o[:, q_rows.to(o.device)])
         changed += 1
-    model._redknot_head_order = layout
+    model._redknot_head_order = head_order
     return changed

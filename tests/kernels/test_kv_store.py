@@ -10,7 +10,7 @@ import torch
 from redknot_sglang.heads import HeadProfile, RankHeadLayout
 from redknot_sglang.heads.profile import ModelFingerprint
 from redknot_sglang.kernels.kv_store import store_kv
-from redknot_sglang.mem.head_split_pool import HeadSplitKVPool, sink_targets
+from redknot_sglang.integration.head_split_pool import HeadSplitKVPool, sink_targets
 
 D, HKV, SINK = 16, 3, 4
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # natively on a GPU, the interpreter on CPU

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
-from redknot_sglang.hooks.swa_admission import window_growth
+from redknot_sglang.integration.hooks.swa_admission import window_growth
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
 WINDOW, INTERVAL, FULL, HELD = 48, 32, 8192, 6

@@ -104,7 +104,7 @@ def test_frontend_program_marks_its_documents(all_global_server):
     server's limit fails that generation with the server's message; a short one is served)."""
     import sglang as sgl
 
-    from redknot_sglang.frontend import RedknotEndpoint, document
+    from redknot_sglang.integration.frontend import RedknotEndpoint, document
 
     @sgl.function
     def rag(s, doc):

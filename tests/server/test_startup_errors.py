@@ -4,8 +4,12 @@ one line naming what is wrong, never a traceback."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from redknot_sglang.heads import HeadProfile
 from redknot_sglang.heads.profile import ModelFingerprint
@@ -17,10 +21,19 @@ def _args(model, *extra):
 
 
 def _launch_fails(model, *extra) -> str:
-    proc = subprocess.run([sys.executable, "-m", "sglang.launch_server", *_args(model, *extra)],
-                          capture_output=True, text=True, timeout=300)
+    """The launcher's stderr once it exits non-zero. A launcher that starts serving instead is
+    killed with its whole process group (its scheduler children would otherwise keep the pipes
+    open, and the test would wait on them forever)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sglang.launch_server", *_args(model, *extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the launcher did not stop within 240 s (it started serving?)")
     assert proc.returncode != 0
-    return proc.stderr
+    return err
 
 
 def test_server_refuses_a_profile_for_another_model(smollm2, tmp_profile):

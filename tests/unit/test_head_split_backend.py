@@ -15,10 +15,10 @@ from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
 from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
 
-from redknot_sglang.attention.head_split import HeadSplitAttnBackend
+from redknot_sglang.integration.head_split_backend import HeadSplitAttnBackend
 from redknot_sglang.heads import HeadProfile, RankHeadLayout
 from redknot_sglang.heads.profile import ModelFingerprint
-from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
+from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 
 D, HKV, GROUP, WINDOW, SINK = 16, 3, 2, 5, 2
 FP = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=HKV * GROUP,

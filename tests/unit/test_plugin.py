@@ -26,7 +26,7 @@ def _args(model, *extra):
 
 def test_entry_point_is_declared():
     (ep,) = [ep for ep in entry_points(group="sglang.srt.plugins") if ep.name == "redknot"]
-    assert ep.value == "redknot_sglang.plugin:register"
+    assert ep.value == "redknot_sglang.integration.plugin:register"
 
 
 def test_registries_hold_backend_and_cache(sglang_plugins):
@@ -64,7 +64,7 @@ def test_support_triton_answers_for_the_base_backend(sglang_plugins, smollm2):
     from sglang.srt.server_args import prepare_server_args
     from sglang.srt.utils import common
 
-    from redknot_sglang.hooks.backend_name import support_triton
+    from redknot_sglang.integration.hooks.backend_name import support_triton
 
     get_context().set_server_args(prepare_server_args(_args(smollm2)))
     assert common.support_triton("redknot") is False  # the hooked function: torch_native base on CPU
@@ -77,7 +77,7 @@ def test_support_triton_answers_for_the_base_backend(sglang_plugins, smollm2):
 def test_cpu_rope_stand_in_matches_forward_native(sglang_plugins):
     from sglang.srt.layers.rotary_embedding.base import RotaryEmbedding
 
-    from redknot_sglang.hooks.cpu_rope import rotary_embedding
+    from redknot_sglang.integration.hooks.cpu_rope import rotary_embedding
 
     for neox in (True, False):
         rope = RotaryEmbedding(64, 64, 256, 10000, neox, torch.float32)  # runs the hooked __init__

@@ -1,7 +1,7 @@
 """Documents in SGLang frontend programs (``sgl.function``)::
 
     import sglang as sgl
-    from redknot_sglang.frontend import RedknotEndpoint, document
+    from redknot_sglang.integration.frontend import RedknotEndpoint, document
 
     @sgl.function
     def rag(s, docs, question):

@@ -17,7 +17,7 @@ tree does not know is the sink, the first ``S`` tokens a local head always reads
 Row ownership: ``_row_filled[row]`` is the ``req_to_token`` row generation whose sink the row holds;
 SGLang bumps the generation each time it hands the row to a request.
 
-Document reuse (:class:`~redknot_sglang.reuse.serving.DocumentReuse`, when the store is on): a
+Document reuse (:class:`~redknot_sglang.integration.document_reuse.DocumentReuse`, when the store is on): a
 request holding placed KV is approximate, so its tokens are never inserted; it keeps its own slots
 past the exact prefix and frees them when it ends.
 """
@@ -31,9 +31,9 @@ from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResul
 from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
+from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 from redknot_sglang.mem.sink_cache import SinkCache
-from redknot_sglang.reuse.serving import DocumentReuse, is_approximate
+from redknot_sglang.integration.document_reuse import DocumentReuse
 
 
 def first_tokens(req: Any, n: int) -> Sequence[int]:
@@ -113,8 +113,11 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             self.pool.queue_sink_copy(row=row, block=block, to_block=True)
 
     # ------------------------------------------------------------------ insert
+    def _approximate(self, req: Any) -> bool:
+        return self.document_reuse is not None and self.document_reuse.is_approximate(req)
+
     def cache_unfinished_req(self, req: Any, chunked: bool = False, **kwargs: Any) -> None:
-        if is_approximate(req):
+        if self._approximate(req):
             # not inserted: the next chunk extends the request's own row; window slots that fell
             # out of the window are freed as SGLang frees them for a request it does not insert
             fill = len(req.get_fill_ids())
@@ -129,8 +132,8 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     def cache_finished_req(self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int, **kwargs: Any) -> None:
         if self.document_reuse is not None:
+            is_insert = is_insert and not self.document_reuse.is_approximate(req)
             self.document_reuse.release(req)
-            is_insert = is_insert and not is_approximate(req)
         if is_insert and not self.disable:
             self._publish_sink(req, kv_len_to_handle)
         super().cache_finished_req(req, is_insert=is_insert, kv_len_to_handle=kv_len_to_handle, **kwargs)

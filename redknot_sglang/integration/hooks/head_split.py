@@ -70,7 +70,7 @@ def create_memory_pool_configurator(original: Callable[[Any], Any], kvc: Any) ->
     cfg = head_split_config(kvc.server_args)
     if cfg is None:
         return original(kvc)
-    from redknot_sglang.mem.sizing import HeadSplitPoolConfigurator
+    from redknot_sglang.integration.pool_sizing import HeadSplitPoolConfigurator
 
     return HeadSplitPoolConfigurator(
         kvc, cfg.profile, window_ratio=cfg.window_pool_ratio, sink_blocks=cfg.sink_cache_blocks
@@ -84,7 +84,7 @@ def build_token_to_kv_pool(original: Callable[..., Any], kvc: Any, *, sizes: Any
     from sglang.srt.runtime_context import get_parallel
 
     from redknot_sglang.heads.layout import RankHeadLayout
-    from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
+    from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 
     par = get_parallel()
     return HeadSplitKVPool(

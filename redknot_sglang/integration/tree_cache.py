@@ -10,14 +10,14 @@ def create_tree_cache(ctx: Any) -> Any:
     tree over the head-split pool otherwise (SGLang's chunk cache when the radix cache is off)."""
     from sglang.srt.mem_cache.registry import default_radix_cache_factory
 
-    from redknot_sglang.mem.head_split_pool import HeadSplitKVPool
+    from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 
     pool = ctx.params.token_to_kv_pool_allocator.get_kvcache()
     if not isinstance(pool, HeadSplitKVPool) or ctx.disable_radix_cache:
         return default_radix_cache_factory(ctx)
     from sglang.srt.mem_cache.unified_cache.components import ComponentType
 
-    from redknot_sglang.cache.head_split_cache import HeadSplitRadixCache
+    from redknot_sglang.integration.head_split_cache import HeadSplitRadixCache
     from redknot_sglang.config import get_redknot
     from redknot_sglang.mem.sink_cache import SinkCache
 
@@ -27,7 +27,7 @@ def create_tree_cache(ctx: Any) -> Any:
     reuse = None
     if cfg.segment_store_gb > 0:
         from redknot_sglang.reuse.segment_store import SegmentStore
-        from redknot_sglang.reuse.serving import DocumentReuse
+        from redknot_sglang.integration.document_reuse import DocumentReuse
         from redknot_sglang.reuse.sparse_ffn import SparseFFN
 
         store = SegmentStore(pool.layout, head_dim=pool.head_dim, dtype=pool.dtype, device=pool.device,

@@ -42,7 +42,6 @@ def place_documents(original: Callable[..., Any], adder: Any, req: Any, has_chun
     reuse = getattr(adder.tree_cache, "document_reuse", None)
     if reuse is None:
         return original(adder, req, has_chunked_req, *args, **kwargs)
-    req.redknot_placed = 0  # a new admission (or one after a retraction)
     placed = reuse.place(req, adder.tree_cache)
     result = original(adder, req, has_chunked_req, *args, **kwargs)
     if req not in adder.can_run_list:

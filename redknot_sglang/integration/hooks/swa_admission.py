@@ -47,7 +47,7 @@ def window_growth(decoded: int, remaining: int, window: int, interval: int) -> i
 
 
 def _head_split(adder: Any) -> bool:
-    from redknot_sglang.cache.head_split_cache import HeadSplitRadixCache
+    from redknot_sglang.integration.head_split_cache import HeadSplitRadixCache
 
     return adder.is_hybrid_swa and isinstance(adder.tree_cache, HeadSplitRadixCache)
 

@@ -26,7 +26,7 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from redknot_sglang.attention.local_torch import local_attention_torch
 from redknot_sglang.heads.layout import RankHeadLayout
-from redknot_sglang.mem.head_split_pool import HeadSplitKVPool, sink_targets
+from redknot_sglang.integration.head_split_pool import HeadSplitKVPool, sink_targets
 from redknot_sglang.reuse.rope import RopeSpec
 
 

@@ -3,7 +3,7 @@
 Two halves, one object, the same process (SGLang runs the model in the scheduler's process and
 thread; GPU work is queued here and runs on the forward's stream):
 
-* scheduler side, called by :class:`~redknot_sglang.cache.head_split_cache.HeadSplitRadixCache`
+* scheduler side, called by :class:`~redknot_sglang.integration.head_split_cache.HeadSplitRadixCache`
   and the admission hook: :meth:`place` gives an admitted request full slots for the cached
   documents right after its exact prefix (:mod:`redknot_sglang.reuse.placement`) and makes them
   part of its prefix, so SGLang computes only the rest; :meth:`plan_batch` notes which tokens of
@@ -12,7 +12,7 @@ thread; GPU work is queued here and runs on the forward's stream):
 * forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
   queued placements into the pool, :meth:`capture` copies each layer's new K/V of noted documents,
   and after the last layer a complete document enters the store, turned back to position 0; the
-  hooks of :mod:`redknot_sglang.hooks.sparse_ffn` ask :meth:`ffn_rows` in deep layers.
+  hooks of :mod:`redknot_sglang.integration.hooks.sparse_ffn` ask :meth:`ffn_rows` in deep layers.
 
 Who owns which slots::
 
@@ -50,16 +50,19 @@ def documents_of(req: Any) -> Optional[RequestDocuments]:
     return RequestDocuments.of(getattr(req.sampling_params, "custom_params", None))
 
 
-def is_approximate(req: Any) -> bool:
-    """Whether the request holds placed (relocated) KV, which never enters the radix tree."""
-    return getattr(req, "redknot_placed", 0) > 0
-
-
 @dataclasses.dataclass
 class _Placement:
     slots: torch.Tensor  # full slots of the placed positions, in prompt order
     pieces: list[Piece]
     keep: int  # the last `keep` positions have window slots
+
+
+@dataclasses.dataclass
+class RequestReuse:
+    """What the side table keeps of one admitted request that holds placed KV (keyed by rid)."""
+
+    placed: int = 0  # placed (relocated) tokens in its prefix
+    recovered_from: Optional[int] = None  # first prompt position recovery recomputes; None: no recovery
 
 
 @dataclasses.dataclass(eq=False)
@@ -70,6 +73,35 @@ class _Capture:
     span: tuple[int, int]
     kv: Optional[DocumentKV] = None  # allocated on the forward side
     filled: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureRun:
+    """Tokens ``[batch_offset, batch_offset + tokens)`` of an extend batch are document positions
+    ``[doc_offset, doc_offset + tokens)`` of ``capture``."""
+
+    capture: _Capture
+    batch_offset: int
+    doc_offset: int
+    tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseRows:
+    """Recovery's recomputed tokens of an extend batch (sparse FFN candidates) and how many run."""
+
+    candidates: torch.Tensor  # bool over the batch's extend tokens
+    kept: int
+
+
+@dataclasses.dataclass
+class ForwardPlan:
+    """What the scheduler side hands to the next forward: placements to write, document tokens to
+    capture, sparse FFN rows (extend batches)."""
+
+    placements: list[_Placement] = dataclasses.field(default_factory=list)
+    captures: list[CaptureRun] = dataclasses.field(default_factory=list)
+    sparse: Optional[SparseRows] = None
 
 
 class DocumentReuse:
@@ -83,15 +115,13 @@ class DocumentReuse:
         self.cols = store.cols
         self.window, self.sink = self.cols.window, self.cols.sink
         self.rope: Optional[RopeSpec] = None  # set by the attention backend from the model
+        self._requests: dict[str, RequestReuse] = {}  # rid -> requests holding placed KV
         self._placed: dict[str, _Placement] = {}  # rid -> placement not yet written
         self._captures: dict[str, list[_Capture]] = {}  # rid -> its documents being captured
         self._capturing: set[tuple[Namespace, tuple[int, ...]]] = set()
-        self._next_plan: Optional[list[tuple[_Capture, int, int, int]]] = None
-        self._plan: list[tuple[_Capture, int, int, int]] = []
-        # sparse FFN: (candidate mask over the batch's extend tokens, how many of them run) per batch,
-        # and on the forward side also the candidates' count
-        self._next_ffn: Optional[tuple[torch.Tensor, int]] = None
-        self._ffn: Optional[tuple[torch.Tensor, int, int]] = None
+        self._next = ForwardPlan()  # scheduler side: filled until the next forward takes it
+        self._now = ForwardPlan()  # forward side: the running forward's plan
+        self._sparse_candidates = 0
         self._attn_norm: Optional[torch.Tensor] = None
         self.stats = {"placed_requests": 0, "placed_tokens": 0, "captured_documents": 0, "store_errors": 0,
                       "ffn_skipped_token_layers": 0}
@@ -99,11 +129,18 @@ class DocumentReuse:
     def namespace(self, req: Any) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
 
+    def is_approximate(self, req: Any) -> bool:
+        """Whether the request holds placed (relocated) KV, which never enters the radix tree."""
+        state = self._requests.get(req.rid)
+        return state is not None and state.placed > 0
+
     # ------------------------------------------------------------------ scheduler side
     def place(self, req: Any, tree: Any, *, next_chunk: bool = False) -> bool:
         """Before admission (or, without recovery, before the next chunk of a chunked request):
         replace the cached documents right after the request's prefix by placed KV (its prefix
         grows by them). Undone by :meth:`unplace` if the request is not admitted."""
+        if not next_chunk:
+            self._requests.pop(req.rid, None)  # a new admission (or one after a retraction)
         docs = documents_of(req)
         exact = len(req.prefix_indices)
         if (docs is None or (next_chunk and docs.recovery) or exact == 0 or exact < self.sink
@@ -124,8 +161,9 @@ class DocumentReuse:
             self.store.lock(p.match)
         self._placed[req.rid] = _Placement(slots, pieces, keep)
         req.prefix_indices = torch.cat([req.prefix_indices, slots.to(req.prefix_indices.dtype)])
-        req.redknot_placed = getattr(req, "redknot_placed", 0) + n
-        req.redknot_recovered_from = exact + n if docs.recovery else None
+        state = self._requests.setdefault(req.rid, RequestReuse())
+        state.placed += n
+        state.recovered_from = exact + n if docs.recovery else None
         return True
 
     def unplace(self, req: Any) -> None:
@@ -135,7 +173,10 @@ class DocumentReuse:
         for p in pl.pieces:
             self.store.unlock(p.match)
         req.prefix_indices = req.prefix_indices[: len(req.prefix_indices) - n]
-        req.redknot_placed -= n
+        state = self._requests[req.rid]
+        state.placed -= n
+        if state.placed == 0:
+            del self._requests[req.rid]
 
     def next_run(self, req: Any, start: int, end: int) -> Optional[int]:
         """Without recovery: where, inside the extend ``[start, end)``, a cached document follows
@@ -182,8 +223,8 @@ class DocumentReuse:
         """After an extend batch has its slots: which of its tokens belong to documents to capture
         (entries ``(capture, batch token offset, document offset, tokens)``), and which are
         recomputed by recovery requests (sparse FFN candidates)."""
-        self._next_ffn = self._plan_ffn(batch) if self.sparse_ffn is not None else None
-        plan, offset = [], 0
+        self._next.sparse = self._plan_ffn(batch) if self.sparse_ffn is not None else None
+        runs, offset = [], 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
             caps = self._captures.get(req.rid)
             if caps is None:
@@ -191,15 +232,16 @@ class DocumentReuse:
             for cap in caps:
                 a, b = max(cap.span[0], pre), min(cap.span[1], pre + ext)
                 if a < b:
-                    plan.append((cap, offset + a - pre, a - cap.span[0], b - a))
+                    runs.append(CaptureRun(cap, offset + a - pre, a - cap.span[0], b - a))
             offset += ext
-        self._next_plan = plan
+        self._next.captures = runs
 
-    def _plan_ffn(self, batch: Any) -> Optional[tuple[torch.Tensor, int]]:
+    def _plan_ffn(self, batch: Any) -> Optional[SparseRows]:
         mask = torch.zeros(sum(batch.extend_lens), dtype=torch.bool)
         offset = 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
-            start = getattr(req, "redknot_recovered_from", None) if is_approximate(req) else None
+            state = self._requests.get(req.rid)
+            start = state.recovered_from if state is not None and state.placed > 0 else None
             if start is not None:
                 a, b = candidate_range(len(req.origin_input_ids), start, self.sparse_ffn.keep_last)
                 a, b = max(a, pre), min(b, pre + ext)
@@ -207,7 +249,7 @@ class DocumentReuse:
                     mask[offset + a - pre : offset + b - pre] = True
             offset += ext
         n = int(mask.sum())
-        return (mask, self.sparse_ffn.kept(n)) if n else None
+        return SparseRows(mask, self.sparse_ffn.kept(n)) if n else None
 
     def _new_captures(self, req: Any, prefix_len: int) -> list[_Capture]:
         docs = documents_of(req)
@@ -224,33 +266,37 @@ class DocumentReuse:
         return out
 
     def release(self, req: Any) -> None:
-        """The request is done (finished, aborted or retracted): drop its unfinished captures."""
+        """The request is done (finished, aborted or retracted): drop its side-table entry and its
+        unfinished captures."""
+        self._requests.pop(req.rid, None)
         for cap in self._captures.pop(req.rid, []):
             self._capturing.discard(cap.key)
 
     def clear(self) -> None:
+        self._requests.clear()
         self._captures.clear()
         self._capturing.clear()
         self.store.clear()
 
     # ------------------------------------------------------------------ forward side
     def begin_forward(self, is_extend: bool) -> None:
-        """Write placements queued since the last forward; take the batch's capture plan."""
-        if self._placed:
-            placed, self._placed = self._placed, {}
-            for pl in placed.values():
-                self._write(pl)
-        self._ffn = None
-        if is_extend:
-            self._plan, self._next_plan = self._next_plan or [], None
-            if self._next_ffn is not None:
-                mask, kept = self._next_ffn
-                self._ffn = (mask.to(self.pool.device, non_blocking=True), kept, int(mask.sum()))
-        self._next_ffn = None
+        """Take the plan the scheduler side made for this forward: write its placements; an extend
+        forward also takes its capture runs and sparse FFN rows."""
+        plan, self._next = self._next, ForwardPlan()
+        plan.placements, self._placed = list(self._placed.values()), {}
+        for pl in plan.placements:
+            self._write(pl)
+        if not is_extend:  # what was planned is for the extend forward still to come
+            self._next.captures, self._next.sparse = plan.captures, plan.sparse
+            plan.captures, plan.sparse = [], None
+        elif plan.sparse is not None:
+            self._sparse_candidates = int(plan.sparse.candidates.sum())
+            plan.sparse = SparseRows(plan.sparse.candidates.to(self.pool.device, non_blocking=True), plan.sparse.kept)
+        self._now = plan
 
     def sparse_ffn_layer(self, layer: int) -> bool:
         """Whether this forward's layer ``layer`` runs the FFN sparsely."""
-        return self._ffn is not None and layer >= self.sparse_ffn.from_layer
+        return self._now.sparse is not None and layer >= self.sparse_ffn.from_layer
 
     def note_attention(self, out: torch.Tensor) -> None:
         """The layer's attention output ``[tokens, hidden]``: its norms rank the FFN candidates."""
@@ -258,9 +304,9 @@ class DocumentReuse:
 
     def ffn_rows(self) -> torch.Tensor:
         """Rows of the batch's tokens that run this layer's FFN (after :meth:`note_attention`)."""
-        mask, kept, candidates = self._ffn
+        mask, kept = self._now.sparse.candidates, self._now.sparse.kept
         importance = self._attn_norm
-        self.stats["ffn_skipped_token_layers"] += candidates - kept
+        self.stats["ffn_skipped_token_layers"] += self._sparse_candidates - kept
         if mask.shape[0] < importance.shape[0]:  # a mixed batch: decode tokens follow, all run
             mask = torch.cat([mask, mask.new_zeros(importance.shape[0] - mask.shape[0])])
         return ffn_rows(mask, importance, kept)
@@ -309,12 +355,13 @@ class DocumentReuse:
     def capture(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Copy layer ``layer``'s new K/V (``[tokens, heads, D]``, global heads first) of the
         planned document tokens; after the last layer, store the documents that are complete."""
-        if not self._plan:
+        if not self._now.captures:
             return
         g = self.cols.global_cols(layer)
         lo = self.cols.local_cols(layer)
         ng = g.stop - g.start
-        for cap, off, doc_off, n in self._plan:
+        for run in self._now.captures:
+            cap, off, doc_off, n = run.capture, run.batch_offset, run.doc_offset, run.tokens
             kv = cap.kv or self._alloc_capture(cap)
             kv.k_global[doc_off : doc_off + n, g] = k[off : off + n, :ng]
             kv.v_global[doc_off : doc_off + n, g] = v[off : off + n, :ng]
@@ -342,10 +389,10 @@ class DocumentReuse:
         return cap.kv
 
     def _end_capture(self) -> None:
-        plan, self._plan = self._plan, []
-        for cap, _, _, n in plan:
-            cap.filled += n
-        for cap in {id(c): c for c, *_ in plan}.values():
+        runs, self._now.captures = self._now.captures, []
+        for run in runs:
+            run.capture.filled += run.tokens
+        for cap in {id(r.capture): r.capture for r in runs}.values():
             if cap.filled < cap.span[1] - cap.span[0]:
                 continue
             self._capturing.discard(cap.key)
