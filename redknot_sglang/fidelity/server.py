@@ -33,7 +33,7 @@ def server_flags(cpu: bool, concurrency: int = 1) -> tuple[list[str], list[str]]
 
     common = ["--context-length", "8192", "--random-seed", "0"]
     if cpu:
-        common += [*CPU_ARGS, "--max-total-tokens", "16384", "--dtype", "float32"]
+        common += [*CPU_ARGS, "--max-total-tokens", "16384"]
         kernels = "torch_native"
     else:
         common += ["--mem-fraction-static", "0.25", "--cuda-graph-max-bs", str(max(4, concurrency)),

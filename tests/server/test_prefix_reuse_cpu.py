@@ -14,8 +14,7 @@ from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
 CHUNK, WINDOW = 512, 256
-COMMON = (*CPU_ARGS, "--max-total-tokens", "30000", "--chunked-prefill-size", str(CHUNK), "--dtype", "float32",
-          "--random-seed", "0")
+COMMON = (*CPU_ARGS, "--max-total-tokens", "30000", "--chunked-prefill-size", str(CHUNK), "--random-seed", "0")
 _rng = random.Random(0)
 PROMPTS = [[_rng.randrange(100, 40000) for _ in range(2500)] for _ in range(3)]
 
