@@ -59,8 +59,8 @@ def from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namesp
         # tokens, and the window pool, sized for windows, holds the last windows of a few prompts
         # only; their eviction made every long prompt miss (issue 13: 0 of 32K tokens reused). With
         # it, a fork inside an earlier prompt reuses only up to that prompt's last chunk end before
-        # the fork (the CPU soak's shared prefixes mostly missed), so it is opt-in until the GPU
-        # rows decide.
+        # the fork (a RAG system prompt shorter than a chunk is then no exact prefix for document
+        # placement: two CPU reuse tests fail with it), so it is opt-in until the GPU rows decide.
         os.environ.setdefault("SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS", "1")
     server_args = original(cls, args)
     setattr(server_args, ATTR, cfg)
