@@ -96,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     scores = _cached(args.work_dir, "scores", lambda: window_scores(model, calib, shapes))
     search = ProfileSearch(model, fp, refs, scores, batch=args.batch, work_dir=args.work_dir)
     criteria = Criteria(args.target_length, args.min_agreement, args.max_accuracy_drop, args.max_global_ratio)
-    chosen, measured, grid = search.run(args.windows, args.sinks, args.global_ratios, criteria, args.rankings)
+    chosen, measured, cands = search.run(args.windows, args.sinks, args.global_ratios, criteria, args.rankings)
     mine = measured[chosen.key]
     passed = criteria.passes(mine)
     fidelity = {
@@ -117,12 +117,13 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{s.top1_agreement:.4f}, cosine {s.cosine}, n {s.n}")
     print(f"gate at {args.target_length} tokens: {'PASS' if passed else 'FAIL'} ({criteria})")
     out = Path(args.out)
-    rows = [{"key": c.key, "window": c.window, "sink": c.sink, "global_ratio": round(c.n_global / search.num_heads, 4),
+    rows = [{"key": c.key, "ranking": c.ranking, "window": c.window, "sink": c.sink, "global_ratio": round(c.n_global / search.num_heads, 4),
              "kv_ratio": round(kv_ratio(search.profile(c), args.target_length), 4),
-             "buckets": {b: dataclasses.asdict(s) for b, s in measured[c.key].items()}} for c in grid]
+             "buckets": {b: dataclasses.asdict(s) for b, s in measured[c.key].items()}}
+            for c in {c.key: c for c in cands}.values()]
     search_json = out.with_suffix(".search.json")
     search_json.write_text(json.dumps({"target_length": args.target_length, "target_bucket": tb,
-                                       "chosen": chosen.key, "grid": rows}, indent=1) + "\n")
+                                       "chosen": chosen.key, "ranking": chosen.ranking, "measured": rows}, indent=1) + "\n")
     save_tradeoff(rows, chosen.key, tb, criteria, out.with_suffix(".fidelity.png"))
     if not passed and not args.force:
         print("profile fails the fidelity gate: not written (use --force to write it anyway)", file=sys.stderr)

@@ -24,7 +24,7 @@ class _State:
     # per layer (local, window, sink), each [B, Hkv] on the host: row b of the batch runs profile b (B = 1: all rows)
     masks: Optional[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
     collector: Optional[Callable[[int, torch.Tensor], None]] = None
-    groups: dict = dataclasses.field(default_factory=dict)  # _head_groups' answers for the masks set
+    groups: dict = dataclasses.field(default_factory=dict)  # _head_kinds' answers for the masks set
 
 
 _STATE = _State()
@@ -44,54 +44,59 @@ def allowed_keys(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return causal & (~local | in_local)
 
 
-def _head_groups(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group: int,
-                 shape: tuple[int, int], device: torch.device) -> list[tuple[Optional[tuple[torch.Tensor, torch.Tensor]], int, int]]:
-    """The (row, query head) pairs of a batch by what they read: ``(pairs on device or None for
-    all, window, sink)``, window 0 for global heads (every earlier key). Kept per masks, shape and
-    device while the profile is set: a decode step asks again for every layer."""
+def _head_kinds(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group: int,
+                batch: int, device: torch.device) -> list[tuple[Optional[torch.Tensor], int, int]]:
+    """The kinds of (row, query head) of a batch by what they read: ``(selector, window, sink)``,
+    window 0 for global heads (every earlier key); ``selector`` ``[B, Hq, 1, 1]`` bool on ``device``
+    picks the pairs of that kind (None: the first kind, the others are written over it). Kept per
+    masks and device while the profile is set: every layer of every decode step asks again."""
     if masks is None:
         return [(None, 0, 0)]
-    key = (id(masks), shape, str(device))
+    key = (id(masks), batch, str(device))
     if key not in _STATE.groups or _STATE.groups[key][0] is not masks:
-        local, window, sink = (x.repeat_interleave(group, dim=-1).expand(shape) for x in masks)
+        local, window, sink = (x.repeat_interleave(group, dim=-1).expand(batch, -1) for x in masks)
         window = torch.where(local, window, torch.zeros_like(window))
         sink = torch.where(local, sink, torch.zeros_like(sink))
-        out = []
-        for w, sk in sorted({(int(a), int(b)) for a, b in zip(window.flatten(), sink.flatten())}):
-            rows, heads = ((window == w) & (sink == sk)).nonzero(as_tuple=True)
-            out.append(((rows.to(device), heads.to(device)), w, sk))
+        kinds = sorted({(int(a), int(b)) for a, b in zip(window.flatten().tolist(), sink.flatten().tolist())})
+        out = [(None if i == 0 else ((window == w) & (sink == sk))[..., None, None].to(device), w, sk)
+               for i, (w, sk) in enumerate(kinds)]
         _STATE.groups[key] = (masks, out)
     return _STATE.groups[key][1]
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: int, scaling: float) -> torch.Tensor:
-    """``[1, G, T, D]`` queries at the last ``T`` of ``S`` positions; ``window`` 0: causal."""
+    """``[B, H, T, D]`` queries at the last ``T`` of ``S`` positions; ``window`` 0: causal. One
+    query (decode) reads its sink and window as two slices of the keys, without a mask."""
     t, s = q.shape[2], k.shape[2]
-    if window == 0 and t in (1, s):
+    if window and s > sink + window:
+        if t == 1:
+            k = torch.cat([k[:, :, :sink], k[:, :, s - window:]], dim=2)
+            v = torch.cat([v[:, :, :sink], v[:, :, s - window:]], dim=2)
+        else:
+            q_pos = torch.arange(s - t, s, device=q.device)[:, None]
+            k_pos = torch.arange(s, device=q.device)[None, :]
+            mask = (k_pos <= q_pos) & ((k_pos < sink) | (k_pos > q_pos - window))
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+    if t in (1, s):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=scaling)
-    mask = allowed_keys(None, 1, t, s, q.device)
-    if window:
-        q_pos = torch.arange(s - t, s, device=q.device)[:, None]
-        k_pos = torch.arange(s, device=q.device)[None, :]
-        mask = mask & ((k_pos < sink) | (k_pos > q_pos - window))
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed_keys(None, 1, t, s, q.device),
+                                                            scale=scaling)
 
 
 def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
                        masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """``query`` ``[B, Hq, T, D]`` at the last ``T`` of ``S`` positions, ``key``/``value`` ``[B, Hkv, S,
     D]``, row ``b`` under ``masks`` row ``b`` (None: dense) -> ``[B, Hq, T, D]``: one SDPA call per
-    kind of head (global; local of a window and sink) over all (row, head) pairs of that kind, so no
-    per-head mask is materialised and global heads take the causal kernel."""
+    kind of head (global; local of a window and sink) over the whole batch, each (row, head) taking
+    its kind's output. No per-head mask and no gather of heads: a decode step costs a few kernels
+    per kind whatever the profiles (the GPU host, not the GPU, bounds the search)."""
     group = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(group, dim=1)
     v = value.repeat_interleave(group, dim=1)
-    groups = _head_groups(masks, group, tuple(query.shape[:2]), query.device)
-    if len(groups) == 1:
-        return _sdpa(query, k, v, groups[0][1], groups[0][2], scaling)
-    out = torch.empty_like(query)
-    for (rows, heads), w, sk in groups:
-        out[rows, heads] = _sdpa(query[rows, heads][None], k[rows, heads][None], v[rows, heads][None], w, sk, scaling)[0]
+    out = None
+    for select, w, sk in _head_kinds(masks, group, query.shape[0], query.device):
+        o = _sdpa(query, k, v, w, sk, scaling)
+        out = o if select is None else torch.where(select, o, out)
     return out
 
 

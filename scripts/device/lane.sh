@@ -5,7 +5,8 @@
 #   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
 #   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, global_decode_splits, rag_reuse --side S)
 #   profile ARGS python -m redknot_sglang.profile on SmolLM2 into /tmp/prof (work folder kept: a second
-#                call resumes), stopped after $LANE_SERVING_S seconds; the profile and pictures to $OUT
+#                call resumes; a carried .gpu/prof-work, an earlier machine's $OUT/work, seeds it),
+#                stopped after $LANE_SERVING_S seconds; the profile, pictures and work folder to $OUT
 #   serving ARGS scripts/bench/capacity_decode.py ARGS, stopped after $LANE_SERVING_S (540) seconds so
 #                that its partial results still come back within the device's 600 s per call
 # usage: bash scripts/device/lane.sh setup tests "bench decode_kernel" "e2e llama8b"
@@ -31,11 +32,13 @@ for step in "$@"; do
            python3 "scripts/bench/$bench.py" "$@" || rc=1
            # a one-side run (--side) leaves its partial file for the next call instead of the JSON
            cp "bench/results/$bench.json" "bench/results/_partial_$bench.json" "$OUT/" 2>/dev/null ;;
-    profile) mkdir -p /tmp/prof
+    profile) mkdir -p /tmp/prof/work
+             [ -d .gpu/prof-work ] && cp -n .gpu/prof-work/* /tmp/prof/work/
              TQDM_MININTERVAL=30 timeout -s TERM "${LANE_SERVING_S:-540}" python3 -m redknot_sglang.profile \
                --model-path "$(python3 scripts/convert_smollm2.py)" --out /tmp/prof/smollm2-135m-instruct.heads.json \
                --work-dir /tmp/prof/work "$@" || rc=1
-             cp /tmp/prof/*.json /tmp/prof/*.png /tmp/prof/work/answers.jsonl "$OUT/" 2>/dev/null ;;
+             cp /tmp/prof/*.json /tmp/prof/*.png "$OUT/" 2>/dev/null
+             mkdir -p "$OUT/work" && cp /tmp/prof/work/* "$OUT/work/" ;;
     serving) timeout -s TERM "${LANE_SERVING_S:-540}" python3 scripts/bench/capacity_decode.py --log-dir /tmp "$@" || rc=1
              cp bench/results/capacity.json bench/results/decode.json bench/results/_partial_capacity_decode.json "$OUT/" 2>/dev/null
              for f in /tmp/stock.log /tmp/redknot.log; do [ -f $f ] && tail -c 2000000 $f | gzip > "$OUT/$(basename $f).gz"; done ;;

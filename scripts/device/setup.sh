@@ -6,7 +6,10 @@
 set -euo pipefail
 t0=$(date +%s)
 pip=(python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site)
-if compgen -G ".whl/*.whl" >/dev/null; then "${pip[@]}" .whl/*.whl; fi
+# .whl: SGLang and everything it needs; .gpu/whl-small: only what the profiler needs (3 MiB)
+for d in .whl .gpu/whl-small; do
+  if compgen -G "$d/*.whl" >/dev/null; then "${pip[@]}" "$d"/*.whl; fi
+done
 "${pip[@]}" --no-build-isolation .
 mkdir -p /tmp/models/gguf
 if [ -f .gpu/llama8b.tgz ]; then tar xzf .gpu/llama8b.tgz -C /tmp/models; fi

@@ -36,8 +36,9 @@ def test_profiler_writes_profile_pictures_and_measurements(profiled, smollm2_fin
     assert 0 < fid["kv_ratio"] < 1 and set(fid["buckets"]) == {"2k", "all"}
     assert {"accuracy", "dense_accuracy", "top1_agreement", "cosine", "n"} <= set(fid["buckets"]["2k"])
     search = json.loads(out.with_suffix(".search.json").read_text())
-    assert search["chosen"] in {row["key"] for row in search["grid"]} | {search["chosen"]}
-    assert len(search["grid"]) == 4  # 2 windows x 2 ratios
+    keys = [row["key"] for row in search["measured"]]
+    grid = {f"task/w{w}/s4/g{n}" for w in (64, 1024) for n in (9, 27)}  # 2 windows x 2 ratios of 90 heads
+    assert len(keys) == len(set(keys)) and grid <= set(keys) and search["chosen"] in keys
     for png in (out.with_suffix(".png"), out.with_suffix(".fidelity.png")):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert profile.length_warning(8192) and profile.length_warning(2048) is None
