@@ -36,13 +36,13 @@ class Reference:
     first_logits: torch.Tensor  # [vocab] float16, CPU (a work folder of 120 references: 12 MB)
 
 
-def _eos(model: ProfiledModel) -> set[int]:
+def eos_ids(model: ProfiledModel) -> set[int]:
     eos = model.model.generation_config.eos_token_id
     return set(eos if isinstance(eos, list) else [eos])
 
 
 @torch.no_grad()
-def _decode(model: ProfiledModel, cache: LeanCache, first: list[int], start: int, plan: list[list[int]], n: int,
+def greedy_decode(model: ProfiledModel, cache: LeanCache, first: list[int], start: int, plan: list[list[int]], n: int,
             eos: set[int]) -> list[list[int]]:
     """Lock-step greedy decoding of the cache's rows: row ``r``'s answer token ``j`` is
     ``plan[r][j]`` while that is known, then its own greedy choice. ``cache`` holds positions
@@ -71,12 +71,12 @@ def _answer(model: ProfiledModel, q: Question, tokens: Sequence[int], agree: int
 
 @torch.no_grad()
 def dense_reference(model: ProfiledModel, questions: Sequence[Question], n_new: int = 24) -> list[Reference]:
-    eos, out = _eos(model), []
+    eos, out = eos_ids(model), []
     with model.profile(None):
         for q in tqdm(questions, desc="dense reference", leave=False):
             cache = model.lean.cache(1, len(q.ids) + n_new)
             logits = model.step(torch.tensor([list(q.ids)], device=model.device), cache, 1)[0, -1]
-            tokens = _decode(model, cache, [int(logits.argmax())], 0, [[]], n_new, eos)[0]
+            tokens = greedy_decode(model, cache, [int(logits.argmax())], 0, [[]], n_new, eos)[0]
             out.append(Reference(q, tuple(tokens), _answer(model, q, tokens, len(tokens), len(tokens), 1.0), logits.cpu()))
     return out
 
@@ -85,7 +85,7 @@ def dense_reference(model: ProfiledModel, questions: Sequence[Question], n_new: 
 def evaluate(model: ProfiledModel, refs: Sequence[Reference], profiles: Sequence[Optional[HeadProfile]],
              batch: int = 4, n_new: int = 24, desc: str = "profiles") -> list[list[Answer]]:
     """``answers[p][q]``: profile ``p`` (None: dense) on ``refs[q]``'s question."""
-    eos = _eos(model)
+    eos = eos_ids(model)
     out: list[list[Answer]] = [[] for _ in profiles]
     for ref in tqdm(refs, desc=desc, leave=False):
         q, want = ref.question, list(ref.tokens)
@@ -107,7 +107,7 @@ def evaluate(model: ProfiledModel, refs: Sequence[Reference], profiles: Sequence
                     cache.keep(diverged, len(q.ids) + start)  # positions before answer token `start`
                     plan = [want[: firsts[r]] + [int(top1[r, firsts[r]])] for r in diverged]
                     with model.profile([chunk[r] for r in diverged]):
-                        got = _decode(model, cache, [p[start] for p in plan], start, plan, n_new, eos)
+                        got = greedy_decode(model, cache, [p[start] for p in plan], start, plan, n_new, eos)
                     answers.update(zip(diverged, got))
             for r in range(len(chunk)):
                 out[lo + r].append(_answer(model, q, answers[r], int(same[r].sum()), len(want), round(float(cos[r]), 5)))

@@ -64,10 +64,18 @@ def _head_kinds(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     return _STATE.groups[key][1]
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: int, scaling: float) -> torch.Tensor:
-    """``[B, H, T, D]`` queries at the last ``T`` of ``S`` positions; ``window`` 0: causal. One
-    query (decode) reads its sink and window as two slices of the keys, without a mask."""
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: int, scaling: float,
+          q_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B, H, T, D]`` queries at the last ``T`` of ``S`` positions (or at positions ``q_pos``
+    ``[T]``, any increasing set: keys are read causally by position); ``window`` 0: causal. One
+    query at the end (decode) reads its sink and window as two slices of the keys, without a mask."""
     t, s = q.shape[2], k.shape[2]
+    if q_pos is not None:
+        k_pos = torch.arange(s, device=q.device)[None, :]
+        mask = k_pos <= q_pos[:, None]
+        if window:
+            mask = mask & ((k_pos < sink) | (k_pos > q_pos[:, None] - window))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
     if window and s > sink + window:
         if t == 1:
             k = torch.cat([k[:, :, :sink], k[:, :, s - window:]], dim=2)
@@ -84,9 +92,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: 
 
 
 def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-                       masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """``query`` ``[B, Hq, T, D]`` at the last ``T`` of ``S`` positions, ``key``/``value`` ``[B, Hkv, S,
-    D]``, row ``b`` under ``masks`` row ``b`` (None: dense) -> ``[B, Hq, T, D]``: one SDPA call per
+                       masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                       q_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``query`` ``[B, Hq, T, D]`` at the last ``T`` of ``S`` positions (or at ``q_pos``, see
+    :func:`_sdpa`), ``key``/``value`` ``[B, Hkv, S, D]``, row ``b`` under ``masks`` row ``b`` (None:
+    dense) -> ``[B, Hq, T, D]``: one SDPA call per
     kind of head (global; local of a window and sink) over the whole batch, each (row, head) taking
     its kind's output. No per-head mask and no gather of heads: a decode step costs a few kernels
     per kind whatever the profiles (the GPU host, not the GPU, bounds the search)."""
@@ -95,7 +105,7 @@ def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     v = value.repeat_interleave(group, dim=1)
     out = None
     for select, w, sk in _head_kinds(masks, group, query.shape[0], query.device):
-        o = _sdpa(query, k, v, w, sk, scaling)
+        o = _sdpa(query, k, v, w, sk, scaling, q_pos)
         out = o if select is None else torch.where(select, o, out)
     return out
 
@@ -181,9 +191,9 @@ class ProfiledModel:
         """The same model as a lean forward with a preallocated cache (for the fidelity benchmark)."""
         return LeanLlama(self.model)
 
-    def step(self, ids: torch.Tensor, cache: LeanCache, keep_logits: int) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, cache: LeanCache, keep_logits: int, **kw) -> Optional[torch.Tensor]:
         """:meth:`LeanLlama.forward` under the profile(s) of :meth:`profile`."""
-        return self.lean.forward(ids, cache, keep_logits, _STATE.masks)
+        return self.lean.forward(ids, cache, keep_logits, _STATE.masks, **kw)
 
     @torch.no_grad()
     def attend(self, ids: list[int]) -> None:

@@ -15,7 +15,7 @@ decode)::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -27,6 +27,11 @@ class LeanCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
+
+    def clone(self) -> LeanCache:
+        out = LeanCache.__new__(LeanCache)
+        out.k, out.v, out.length = self.k.clone(), self.v.clone(), self.length
+        return out
 
     def keep(self, rows: list[int], length: int) -> None:
         """Keep only ``rows`` (in that order) and the first ``length`` positions."""
@@ -74,31 +79,48 @@ class LeanLlama:
         return x * cos + rotated * sin
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, cache: LeanCache, keep_logits: int,
-                masks: Optional[list] = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: LeanCache, keep_logits: int, masks: Optional[list] = None,
+                positions: Optional[torch.Tensor] = None, layers: Optional[int] = None,
+                observe: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> Optional[torch.Tensor]:
         """Feed ``ids`` ``[B, T]`` at positions ``cache.length...``; returns the logits of the last
         ``keep_logits`` positions ``[B, keep_logits, vocab]`` (float32). ``masks``: per layer, the
-        profile masks of :meth:`ProfiledModel.profile` (None: dense)."""
+        profile masks of :meth:`ProfiledModel.profile` (None: dense).
+
+        ``positions`` ``[T]`` (increasing, anywhere below the capacity): the tokens sit there
+        instead, overwrite the cache's K/V at those positions, and read every position up to their
+        own (what the cache holds there: filled before, or written by this call); the cache's
+        length becomes the largest filled position + 1. ``layers``: run only the first ``layers``
+        (returns None). ``observe(layer, q, k)``: each layer's rotated queries ``[B, Hq, T, D]``
+        and the keys they read ``[B, Hkv, S, D]``."""
         from redknot_sglang.profile.hf_model import profiled_attention
 
         b, t = ids.shape
-        start, end = cache.length, cache.length + t
-        pos = torch.arange(start, end, device=ids.device, dtype=torch.float32)
+        if positions is None:
+            start, end = cache.length, cache.length + t
+            at: slice | torch.Tensor = slice(start, end)
+            pos = torch.arange(start, end, device=ids.device, dtype=torch.float32)
+        else:
+            at, end = positions, max(cache.length, int(positions.max()) + 1)
+            pos = positions.to(torch.float32)
         freqs = pos[:, None] * self.inv_freq.to(ids.device)[None]
         emb = torch.cat([freqs, freqs], dim=-1)
         x = self.embed[ids]
         cos, sin = ((emb.cos() * self.rope_scale).to(x.dtype)[None, None], (emb.sin() * self.rope_scale).to(x.dtype)[None, None])
         nq, nkv, d = self.n_q, self.n_kv, self.head_dim
-        for i, w in enumerate(self.layers):
+        for i, w in enumerate(self.layers[:layers]):
             h = self._norm(x, w["ln1"])
             q, k, v = (h @ w["qkv"].T).split([nq * d, nkv * d, nkv * d], dim=-1)
             q = self._rope(q.view(b, t, nq, d).transpose(1, 2), cos, sin)
-            cache.k[i, :, :, start:end] = self._rope(k.view(b, t, nkv, d).transpose(1, 2), cos, sin)
-            cache.v[i, :, :, start:end] = v.view(b, t, nkv, d).transpose(1, 2)
+            cache.k[i, :, :, at] = self._rope(k.view(b, t, nkv, d).transpose(1, 2), cos, sin)
+            cache.v[i, :, :, at] = v.view(b, t, nkv, d).transpose(1, 2)
+            if observe is not None:
+                observe(i, q, cache.k[i, :, :, :end])
             att = profiled_attention(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], self.scaling,
-                                     None if masks is None else masks[i])
+                                     None if masks is None else masks[i], positions)
             x = x + att.transpose(1, 2).reshape(b, t, nq * d) @ w["o"].T
             gate, up = (self._norm(x, w["ln2"]) @ w["gate_up"].T).chunk(2, dim=-1)
             x = x + (torch.nn.functional.silu(gate) * up) @ w["down"].T
         cache.length = end
+        if layers is not None:
+            return None
         return (self._norm(x[:, -keep_logits:], self.norm) @ self.lm_head.T).float()

@@ -1,0 +1,170 @@
+"""Selective recompute over placed document KV, on the profiler's lean forward (HF weights, CPU or
+GPU): the model of the serving path's reuse and the place where its token selection is chosen by
+measurement.
+
+A prompt is ``[head][doc 1][gap] ... [doc k][question]`` with documents at ``spans``. Each
+document's KV is *captured canonically*: computed once after a fixed canonical prefix (the chat
+head the prompts start with, so the document's first tokens are not the sequence's attention sink)
+and stored by content, whatever request uses it. A request then
+
+1. **places** every document: its stored K re-rotated to the document's offset (RoPE delta), V as
+   stored, written into the request's cache at the document's positions;
+2. **recomputes** a set of positions through all layers at their true positions, reading every
+   position up to their own causally *by position* (placed or recomputed KV), their fresh K/V
+   overwriting the placed entries layer by layer::
+
+       position   0 ..... head | doc 1 ........ | gap | doc 2 ........ | question .. last
+       placed                  | ############## |     | ############## |
+       recomputed ############ | ##..#...#...#. | ### | ##....#.#..... | ###########
+                                 ^^ boundary B     ^ unmarked text          ^ unmarked text
+                                     + selected (importance, up to ratio R of placed tokens)
+
+The set is the unmarked text, each document's first ``boundary`` tokens (EPIC) and the placed
+tokens an importance signal picks, ``ratio`` of the placed tokens:
+
+* ``deviation`` (CacheBlend): layers 0-1 run over the whole prompt at its true positions; the
+  tokens whose layer-1 K/V deviate most from the placed K/V are taken;
+* ``query`` (ProphetKV-like, query-aware): the question (the text after the last document) first
+  runs over the placed KV; the tokens it attends to most (summed over layers and heads) are taken;
+* ``none``: no importance signal (boundary and unmarked text only; ratio ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+from redknot_sglang.heads.profile import HeadProfile
+from redknot_sglang.profile.hf_model import ProfiledModel
+from redknot_sglang.profile.lean import LeanCache
+from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
+
+SELECTIONS = ("none", "deviation", "query")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recompute:
+    """What a request recomputes besides its unmarked text."""
+
+    selection: str = "deviation"
+    ratio: float = 0.1  # of the placed tokens, picked by the importance signal
+    boundary: int = 8  # first tokens of every document
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if not 0 <= self.ratio <= 1 or self.boundary < 0:
+            raise ValueError(f"ratio in [0, 1] and boundary >= 0, got {self.ratio}, {self.boundary}")
+
+
+class SelectiveReuse:
+    """Documents captured canonically and reused by placement + selective recompute, under one head
+    profile (None: dense). ``canonical``: the token ids every document is captured after."""
+
+    def __init__(self, model: ProfiledModel, profile: Optional[HeadProfile], canonical: Sequence[int]):
+        self.pm, self.profile, self.canonical = model, profile, tuple(canonical)
+        rotary = model.model.model.rotary_emb
+        self.rope = RopeSpec(inv_freq=rotary.inv_freq.float().cpu(), rotary_dim=2 * rotary.inv_freq.numel(), neox=True)
+        self._store: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def captured(self, doc: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The document's K/V ``[layers, Hkv, n, D]``, computed after the canonical prefix (K rotated
+        at positions ``[c, c + n)``, c = len(canonical))."""
+        key = tuple(doc)
+        if key not in self._store:
+            c, n = len(self.canonical), len(doc)
+            cache = self.pm.lean.cache(1, c + n)
+            with self.pm.profile(self.profile):
+                self.pm.step(torch.tensor([list(self.canonical) + list(doc)], device=self.pm.device), cache, 1)
+            self._store[key] = (cache.k[:, 0, :, c:].clone(), cache.v[:, 0, :, c:].clone())
+        return self._store[key]
+
+    def place(self, ids: Sequence[int], spans: Sequence[tuple[int, int]], capacity: int) -> LeanCache:
+        """A cache holding every document's captured KV at its span (other positions unfilled)."""
+        cache = self.pm.lean.cache(1, capacity)
+        for a, b in spans:
+            k, v = self.captured(ids[a:b])
+            delta = a - len(self.canonical)
+            for layer in range(k.shape[0]):
+                cache.k[layer, 0, :, a:b] = relocate_torch(k[layer].transpose(0, 1), self.rope, delta).transpose(0, 1)
+            cache.v[:, 0, :, a:b] = v
+        return cache
+
+    def _deviation(self, ids: Sequence[int], placed: LeanCache) -> torch.Tensor:
+        """Per position: how far layer 1's K/V in context are from the placed ones (L2 over heads)."""
+        cache = self.pm.lean.cache(1, len(ids))
+        with self.pm.profile(self.profile):
+            self.pm.step(torch.tensor([list(ids)], device=self.pm.device), cache, 1, layers=2)
+        n = len(ids)
+        dk = (cache.k[1, 0, :, :n].float() - placed.k[1, 0, :, :n].float()).norm(dim=-1).pow(2).sum(0)
+        dv = (cache.v[1, 0, :, :n].float() - placed.v[1, 0, :, :n].float()).norm(dim=-1).pow(2).sum(0)
+        return (dk + dv).sqrt()
+
+    def _query_attention(self, ids: Sequence[int], placed: LeanCache, unmarked: torch.Tensor,
+                         question: torch.Tensor) -> torch.Tensor:
+        """Per position: the attention the question's tokens pay it (summed over layers and heads),
+        with the unmarked text computed over the placed documents."""
+        n = len(ids)
+        mass = torch.zeros(n, device=self.pm.device)
+        group = self.pm.group
+
+        def observe(layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+            rows = torch.isin(unmarked, question).nonzero().flatten()
+            qq = q[0, :, rows].float()  # [Hq, Tq, D]
+            kk = k[0].float().repeat_interleave(group, dim=0)  # [Hq, S, D]
+            scores = qq @ kk.transpose(1, 2) * self.pm.lean.scaling
+            causal = torch.arange(kk.shape[1], device=q.device)[None, :] <= question[:, None]
+            probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+            mass[: kk.shape[1]] += probs.sum((0, 1))
+
+        cache = placed.clone()
+        with self.pm.profile(self.profile):
+            self.pm.step(torch.tensor([[ids[i] for i in unmarked.tolist()]], device=self.pm.device), cache, 1,
+                         positions=unmarked, observe=observe)
+        return mass
+
+    def recompute_set(self, ids: Sequence[int], spans: Sequence[tuple[int, int]], placed: LeanCache,
+                      how: Recompute) -> torch.Tensor:
+        """Sorted positions to recompute: unmarked text, each document's first ``boundary`` tokens,
+        and ``ratio`` of the placed tokens by the importance signal."""
+        n, dev = len(ids), self.pm.device
+        in_doc = torch.zeros(n, dtype=torch.bool, device=dev)
+        chosen = torch.zeros(n, dtype=torch.bool, device=dev)
+        for a, b in spans:
+            in_doc[a:b] = True
+            chosen[a:min(b, a + how.boundary)] = True
+        chosen |= ~in_doc
+        k = round(how.ratio * int(in_doc.sum()))
+        if how.selection != "none" and k > 0:
+            if how.selection == "deviation":
+                score = self._deviation(ids, placed)
+            else:
+                unmarked = (~in_doc).nonzero().flatten()
+                question = torch.arange(spans[-1][1], n, device=dev)
+                score = self._query_attention(ids, placed, unmarked, question)
+            score = score.masked_fill(~in_doc | chosen, float("-inf"))
+            chosen[score.topk(k).indices] = True
+        return chosen.nonzero().flatten()
+
+    @torch.no_grad()
+    def prefill(self, ids: Sequence[int], spans: Sequence[tuple[int, int]], how: Optional[Recompute],
+                capacity: int) -> tuple[LeanCache, torch.Tensor, int]:
+        """(cache, last position's logits ``[vocab]``, positions recomputed) after the prompt;
+        ``how`` None: full prefill (no reuse)."""
+        dev = self.pm.device
+        with self.pm.profile(self.profile):
+            if how is None or not spans:
+                cache = self.pm.lean.cache(1, capacity)
+                logits = self.pm.step(torch.tensor([list(ids)], device=dev), cache, 1)
+                return cache, logits[0, -1], len(ids)
+        cache = self.place(ids, spans, capacity)
+        positions = self.recompute_set(ids, spans, cache, how)
+        if int(positions[-1]) != len(ids) - 1:
+            raise ValueError("the prompt must end with unmarked text (the question)")
+        with self.pm.profile(self.profile):
+            logits = self.pm.step(torch.tensor([[ids[i] for i in positions.tolist()]], device=dev), cache, 1,
+                                  positions=positions)
+        return cache, logits[0, -1], len(positions)
