@@ -61,33 +61,44 @@ class Recompute:
 
 
 class SelectiveReuse:
-    """Documents captured canonically and reused by placement + selective recompute, under one head
-    profile (None: dense). ``canonical``: the token ids every document is captured after."""
+    """Documents captured and reused by placement + selective recompute, under one head profile
+    (None: dense). ``canonical``: the token ids every document is captured after. ``donors``
+    (capture in context instead, for comparison): per document, an earlier prompt holding it and
+    its span there; the document's KV is cut from that prompt's full prefill (documents without a
+    donor are captured canonically)."""
 
-    def __init__(self, model: ProfiledModel, profile: Optional[HeadProfile], canonical: Sequence[int]):
+    def __init__(self, model: ProfiledModel, profile: Optional[HeadProfile], canonical: Sequence[int],
+                 donors: Optional[dict[tuple[int, ...], tuple[Sequence[int], tuple[int, int]]]] = None):
         self.pm, self.profile, self.canonical = model, profile, tuple(canonical)
+        self.donors = donors or {}
         rotary = model.model.model.rotary_emb
         self.rope = RopeSpec(inv_freq=rotary.inv_freq.float().cpu(), rotary_dim=2 * rotary.inv_freq.numel(), neox=True)
-        self._store: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._store: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, int]] = {}
 
-    def captured(self, doc: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The document's K/V ``[layers, Hkv, n, D]``, computed after the canonical prefix (K rotated
-        at positions ``[c, c + n)``, c = len(canonical))."""
+    def captured(self, doc: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The document's K/V ``[layers, Hkv, n, D]`` and the position its K is rotated at: after
+        the canonical prefix (``len(canonical)``), or where its donor prompt holds it."""
         key = tuple(doc)
         if key not in self._store:
-            c, n = len(self.canonical), len(doc)
-            cache = self.pm.lean.cache(1, c + n)
+            ids, (a, b) = self.donors.get(key, (list(self.canonical) + list(doc), (len(self.canonical), None)))
+            cache = self.pm.lean.cache(1, len(ids))
             with self.pm.profile(self.profile):
-                self.pm.step(torch.tensor([list(self.canonical) + list(doc)], device=self.pm.device), cache, 1)
-            self._store[key] = (cache.k[:, 0, :, c:].clone(), cache.v[:, 0, :, c:].clone())
+                self.pm.step(torch.tensor([list(ids)], device=self.pm.device), cache, 1)
+            b = b or len(ids)
+            self._store[key] = (cache.k[:, 0, :, a:b].clone(), cache.v[:, 0, :, a:b].clone(), a)
         return self._store[key]
+
+    @property
+    def documents(self) -> list[tuple[int, ...]]:
+        """The documents captured so far (token ids)."""
+        return list(self._store)
 
     def place(self, ids: Sequence[int], spans: Sequence[tuple[int, int]], capacity: int) -> LeanCache:
         """A cache holding every document's captured KV at its span (other positions unfilled)."""
         cache = self.pm.lean.cache(1, capacity)
         for a, b in spans:
-            k, v = self.captured(ids[a:b])
-            delta = a - len(self.canonical)
+            k, v, at = self.captured(ids[a:b])
+            delta = a - at
             for layer in range(k.shape[0]):
                 cache.k[layer, 0, :, a:b] = relocate_torch(k[layer].transpose(0, 1), self.rope, delta).transpose(0, 1)
             cache.v[:, 0, :, a:b] = v

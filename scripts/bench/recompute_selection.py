@@ -4,9 +4,12 @@ only) at several recompute ratios, measured on the fidelity benchmark's document
 chooses) against the full prefill of the same model and profile (the baseline, run in the same
 process): answer accuracy, teacher-forced top-1 agreement over the full prefill's greedy answer,
 and the fraction of prompt tokens recomputed. Documents are captured canonically (after the chat
-head all prompts start with) and reused at other offsets and orders.
+head all prompts start with) and reused at other offsets and orders; ``--capture in-context`` cuts
+each document's KV from the first question of another stream over the same documents that holds
+it (as today's serving path captures), for comparison.
 
-    python scripts/bench/recompute_selection.py [--buckets 2k] [--per-bucket 16] [--profile PATH]
+    python scripts/bench/recompute_selection.py [--buckets 2k] [--per-bucket 16] [--profile PATH] \
+        [--capture canonical|in-context] [--device cuda]
 
 Writes bench/results/recompute_selection.json.
 """
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--boundary", type=int, default=8)
     ap.add_argument("--profile", default=None, help="head profile (default: dense)")
     ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--capture", choices=("canonical", "in-context"), default="canonical")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "recompute_selection.json")
     args = ap.parse_args()
@@ -58,7 +62,12 @@ def main() -> None:
     questions = DocQA(pm.tokenizer).questions("dev", args.per_bucket, buckets=args.buckets)
     head = questions[0].ids[: questions[0].doc_spans[0][0]]
     assert all(q.ids[: len(head)] == head for q in questions), "prompts share the chat head"
-    reuse = SelectiveReuse(pm, profile, head)
+    donors = {}
+    if args.capture == "in-context":
+        for d in DocQA(pm.tokenizer).questions("dev", args.per_bucket, buckets=args.buckets, stream="warmup"):
+            for a, b in d.doc_spans:
+                donors.setdefault(tuple(d.ids[a:b]), (d.ids, (a, b)))
+    reuse = SelectiveReuse(pm, profile, head, donors)
     eos = eos_ids(pm)
     table = {name: {"correct": 0, "agree": 0, "total": 0, "recomputed": 0, "prompt": 0, "seconds": 0.0}
              for name in modes(args.ratios, args.boundary)}
@@ -91,7 +100,9 @@ def main() -> None:
                         "prefill_seconds": round(row["seconds"] / len(questions), 3), "n_questions": len(questions)})
     out = {"device": device_name() if args.device.startswith("cuda") else "cpu", "model": "SmolLM2-135M-Instruct (HF weights, lean forward)",
            "benchmark": f"docqa dev split, buckets {','.join(args.buckets)}, greedy, {args.new_tokens} new tokens",
-           "profile": args.profile or "dense", "boundary": args.boundary, "results": results}
+           "profile": args.profile or "dense", "boundary": args.boundary, "capture": args.capture,
+           "documents_without_donor": sum(1 for k in reuse.documents if k not in donors) if donors else None,
+           "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{'mode':>16} {'acc':>6} {'full':>6} {'top1':>7} {'recomp':>7} {'s':>6}")
