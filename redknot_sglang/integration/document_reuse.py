@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -40,13 +40,17 @@ from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
 from redknot_sglang.reuse.sparse_ffn import SparseFFN, candidate_range, ffn_rows
 
+if TYPE_CHECKING:  # SGLang's types, for annotations only
+    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+    from sglang.srt.mem_cache.base_prefix_cache import BasePrefixCache
+
 logger = logging.getLogger(__name__)
 
 # placed slots are allocated in chunks so that the window slots they take at once stay small
 _ALLOC_CHUNK = 4096
 
 
-def documents_of(req: Any) -> Optional[RequestDocuments]:
+def documents_of(req: Req) -> Optional[RequestDocuments]:
     return RequestDocuments.of(getattr(req.sampling_params, "custom_params", None))
 
 
@@ -126,16 +130,16 @@ class DocumentReuse:
         self.stats = {"placed_requests": 0, "placed_tokens": 0, "captured_documents": 0, "store_errors": 0,
                       "ffn_skipped_token_layers": 0}
 
-    def namespace(self, req: Any) -> Namespace:
+    def namespace(self, req: Req) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
 
-    def is_approximate(self, req: Any) -> bool:
+    def is_approximate(self, req: Req) -> bool:
         """Whether the request holds placed (relocated) KV, which never enters the radix tree."""
         state = self._requests.get(req.rid)
         return state is not None and state.placed > 0
 
     # ------------------------------------------------------------------ scheduler side
-    def place(self, req: Any, tree: Any, *, next_chunk: bool = False) -> bool:
+    def place(self, req: Req, tree: BasePrefixCache, *, next_chunk: bool = False) -> bool:
         """Before admission (or, without recovery, before the next chunk of a chunked request):
         replace the cached documents right after the request's prefix by placed KV (its prefix
         grows by them). Undone by :meth:`unplace` if the request is not admitted."""
@@ -166,7 +170,7 @@ class DocumentReuse:
         state.recovered_from = exact + n if docs.recovery else None
         return True
 
-    def unplace(self, req: Any) -> None:
+    def unplace(self, req: Req) -> None:
         pl = self._placed.pop(req.rid)
         n = len(pl.slots)
         self.allocator.free(pl.slots)
@@ -178,7 +182,7 @@ class DocumentReuse:
         if state.placed == 0:
             del self._requests[req.rid]
 
-    def next_run(self, req: Any, start: int, end: int) -> Optional[int]:
+    def next_run(self, req: Req, start: int, end: int) -> Optional[int]:
         """Without recovery: where, inside the extend ``[start, end)``, a cached document follows
         computed ones (the extend is then cut there, and the run is placed before the next chunk:
         :meth:`place`); None if nowhere."""
@@ -191,7 +195,7 @@ class DocumentReuse:
                 return s
         return None
 
-    def _alloc(self, n: int, keep: int, req: Any, tree: Any) -> Optional[torch.Tensor]:
+    def _alloc(self, n: int, keep: int, req: Req, tree: BasePrefixCache) -> Optional[torch.Tensor]:
         """``n`` full slots whose last ``keep`` have window slots, evicting from the tree (the
         request's own prefix locked) if needed; None if they cannot be had."""
         from sglang.srt.mem_cache.base_prefix_cache import EvictParams
@@ -219,7 +223,7 @@ class DocumentReuse:
             parts.append(got)
         return torch.cat(parts)
 
-    def plan_batch(self, batch: Any) -> None:
+    def plan_batch(self, batch: ScheduleBatch) -> None:
         """After an extend batch has its slots: which of its tokens belong to documents to capture
         (entries ``(capture, batch token offset, document offset, tokens)``), and which are
         recomputed by recovery requests (sparse FFN candidates)."""
@@ -236,7 +240,7 @@ class DocumentReuse:
             offset += ext
         self._next.captures = runs
 
-    def _plan_ffn(self, batch: Any) -> Optional[SparseRows]:
+    def _plan_ffn(self, batch: ScheduleBatch) -> Optional[SparseRows]:
         mask = torch.zeros(sum(batch.extend_lens), dtype=torch.bool)
         offset = 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
@@ -251,7 +255,7 @@ class DocumentReuse:
         n = int(mask.sum())
         return SparseRows(mask, self.sparse_ffn.kept(n)) if n else None
 
-    def _new_captures(self, req: Any, prefix_len: int) -> list[_Capture]:
+    def _new_captures(self, req: Req, prefix_len: int) -> list[_Capture]:
         docs = documents_of(req)
         if docs is None:
             return []
@@ -265,7 +269,7 @@ class DocumentReuse:
             out.append(_Capture(key=key, span=(s, e)))
         return out
 
-    def release(self, req: Any) -> None:
+    def release(self, req: Req) -> None:
         """The request is done (finished, aborted or retracted): drop its side-table entry and its
         unfinished captures."""
         self._requests.pop(req.rid, None)

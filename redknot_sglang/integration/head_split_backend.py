@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
@@ -29,9 +29,14 @@ from redknot_sglang.heads.layout import RankHeadLayout
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool, sink_targets
 from redknot_sglang.reuse.rope import RopeSpec
 
+if TYPE_CHECKING:  # SGLang's types, for annotations only
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
 
 @contextlib.contextmanager
-def _without_sliding_window(model_runner: Any):
+def _without_sliding_window(model_runner: ModelRunner):
     """Build the base backend as for a dense model: its layers have no window of their own."""
     saved = model_runner.sliding_window_size
     model_runner.sliding_window_size = None
@@ -48,7 +53,7 @@ def _without_sliding_window(model_runner: Any):
 GLOBAL_DECODE_SPLITS = 64
 
 
-def _fit_triton_to_global_group(base: Any, layout: RankHeadLayout) -> None:
+def _fit_triton_to_global_group(base: AttentionBackend, layout: RankHeadLayout) -> None:
     """Let SGLang's Triton backend size its decode split-K for the global group it serves: its
     split heuristic reads ``num_head``/``num_kv_head`` (the grid it expects to fill) and caps at
     ``max_kv_splits``; both are set before any buffer is sized (metadata and CUDA-graph state)."""
@@ -69,7 +74,7 @@ def _rotary_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _own_output(forward_batch: Any):
+def _own_output(forward_batch: ForwardBatch):
     """Hide a preallocated whole-layer output from the base backend, which would write its
     global-group result there; the caller places it."""
     saved = getattr(forward_batch, "_attn_output", None)
@@ -81,7 +86,7 @@ def _own_output(forward_batch: Any):
 
 
 class HeadSplitAttnBackend(AttentionBackend):
-    def __init__(self, model_runner: Any, layout: RankHeadLayout, base_backend: str):
+    def __init__(self, model_runner: ModelRunner, layout: RankHeadLayout, base_backend: str):
         from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 
         super().__init__()
@@ -105,7 +110,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         self._extend_rows: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ metadata
-    def init_forward_metadata(self, forward_batch: Any) -> None:
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         self.token_to_kv_pool.flush_sink_copies()
         reuse = self.token_to_kv_pool.document_reuse
         if reuse is not None:
@@ -118,11 +123,11 @@ class HeadSplitAttnBackend(AttentionBackend):
                 forward_batch.req_pool_indices, forward_batch.extend_seq_lens
             )
 
-    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
+    def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         self.token_to_kv_pool.flush_sink_copies()
         self.base.init_forward_metadata_out_graph(forward_batch, in_capture)
 
-    def init_forward_metadata_in_graph(self, forward_batch: Any) -> None:
+    def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch) -> None:
         self.base.init_forward_metadata_in_graph(forward_batch)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
@@ -132,7 +137,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         return self.base.get_cuda_graph_seq_len_fill_value()
 
     # ------------------------------------------------------------------ forward
-    def _global_layer(self, layer: Any) -> Any:
+    def _global_layer(self, layer: RadixAttention) -> RadixAttention:
         """The layer as the base backend should see it: only the global group's heads."""
         g = self._global_layers.get(layer.layer_id)
         if g is None:
@@ -144,7 +149,7 @@ class HeadSplitAttnBackend(AttentionBackend):
             self._global_layers[layer.layer_id] = g
         return g
 
-    def _store(self, layer: Any, forward_batch: Any, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> None:
+    def _store(self, layer: RadixAttention, forward_batch: ForwardBatch, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> None:
         pool = self.token_to_kv_pool
         loc = forward_batch.out_cache_loc
         g = self.layout.layers[layer.layer_id].num_global
@@ -186,7 +191,7 @@ class HeadSplitAttnBackend(AttentionBackend):
             self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode)
         return o.view(q.shape[0], -1)
 
-    def _local(self, q: torch.Tensor, o: torch.Tensor, layer: Any, forward_batch: Any, decode: bool) -> None:
+    def _local(self, q: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch, decode: bool) -> None:
         pool = self.token_to_kv_pool
         lid = layer.layer_id
         k_win, v_win, k_sink, v_sink = pool.local_buffers(lid)

@@ -24,7 +24,7 @@ past the exact prefix and frees them when it ends.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult, zero_match_result
@@ -35,8 +35,12 @@ from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 from redknot_sglang.mem.sink_cache import SinkCache
 from redknot_sglang.integration.document_reuse import DocumentReuse
 
+if TYPE_CHECKING:  # SGLang's types, for annotations only
+    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
-def first_tokens(req: Any, n: int) -> Sequence[int]:
+
+def first_tokens(req: Req, n: int) -> Sequence[int]:
     head = req.origin_input_ids[:n]
     if len(head) < n:
         head = list(head) + list(req.output_ids[: n - len(head)])
@@ -44,7 +48,7 @@ def first_tokens(req: Any, n: int) -> Sequence[int]:
 
 
 class HeadSplitRadixCache(UnifiedRadixCache):
-    def __init__(self, params: Any, pool: HeadSplitKVPool, sinks: SinkCache,
+    def __init__(self, params: CacheInitParams, pool: HeadSplitKVPool, sinks: SinkCache,
                  document_reuse: Optional[DocumentReuse] = None):
         super().__init__(params)
         self.pool = pool
@@ -74,10 +78,10 @@ class HeadSplitRadixCache(UnifiedRadixCache):
     def _generation(self, row: int) -> int:
         return int(self.req_to_token_pool.req_generation[row])
 
-    def _sink_key(self, req: Any):
+    def _sink_key(self, req: Req):
         return self.sinks.key(first_tokens(req, self.sinks.sink), req.extra_key)
 
-    def on_extend_allocated(self, batch: Any) -> None:
+    def on_extend_allocated(self, batch: ScheduleBatch) -> None:
         """Give each request of a new extend batch its sink: computed by the batch itself (no
         prefix), already in its row (a later chunk), or copied from the cache (a reused prefix);
         note the batch's document tokens to capture."""
@@ -100,7 +104,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             self.pool.queue_sink_copy(row=row, block=block, to_block=False)
             self._row_filled[row] = gen
 
-    def _publish_sink(self, req: Any, computed_len: int) -> None:
+    def _publish_sink(self, req: Req, computed_len: int) -> None:
         row = req.req_pool_idx
         if (
             self.sinks.sink == 0
@@ -113,10 +117,10 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             self.pool.queue_sink_copy(row=row, block=block, to_block=True)
 
     # ------------------------------------------------------------------ insert
-    def _approximate(self, req: Any) -> bool:
+    def _approximate(self, req: Req) -> bool:
         return self.document_reuse is not None and self.document_reuse.is_approximate(req)
 
-    def cache_unfinished_req(self, req: Any, chunked: bool = False, **kwargs: Any) -> None:
+    def cache_unfinished_req(self, req: Req, chunked: bool = False, **kwargs: Any) -> None:
         if self._approximate(req):
             # not inserted: the next chunk extends the request's own row; window slots that fell
             # out of the window are freed as SGLang frees them for a request it does not insert
@@ -130,7 +134,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             self._publish_sink(req, len(req.get_fill_ids()))
         super().cache_unfinished_req(req, chunked=chunked, **kwargs)
 
-    def cache_finished_req(self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int, **kwargs: Any) -> None:
+    def cache_finished_req(self, req: Req, is_insert: bool = True, *, kv_len_to_handle: int, **kwargs: Any) -> None:
         if self.document_reuse is not None:
             is_insert = is_insert and not self.document_reuse.is_approximate(req)
             self.document_reuse.release(req)

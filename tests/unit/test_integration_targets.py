@@ -54,3 +54,32 @@ def test_the_plugin_registers_the_table(monkeypatch):
     registered = {t: [h for _, h, _ in hooks] for t, hooks in HookRegistry._hooks.items()}
     for hook in targets.HOOKS:
         assert hook.function in registered[hook.target], hook.target
+
+
+def test_annotations_resolve_against_the_installed_sglang():
+    """Every annotation of the integration layer names something real: SGLang's types are imported
+    under ``TYPE_CHECKING`` only, so a moved or misspelled one would otherwise pass unseen."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+    import typing
+
+    import redknot_sglang.integration as pkg
+
+    checked = 0
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        module = importlib.import_module(info.name)
+        names = dict(vars(module))
+        for node in ast.parse(inspect.getsource(module)).body:
+            if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+                exec(compile(ast.Module(body=node.body, type_ignores=[]), info.name, "exec"), names)
+        for obj in vars(module).values():
+            if getattr(obj, "__module__", None) != info.name:
+                continue
+            funcs = [obj] if inspect.isfunction(obj) else [f for f in vars(obj).values() if inspect.isfunction(f)] \
+                if inspect.isclass(obj) else []
+            for f in funcs:
+                typing.get_type_hints(f, globalns=names)
+                checked += 1
+    assert checked > 100

@@ -17,13 +17,19 @@ the next chunk's admission places the run::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # SGLang's types, for annotations only
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.managers.schedule_policy import PrefillAdder
+
+    from redknot_sglang.integration.document_reuse import DocumentReuse
 
 ADD = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
 ADD_CHUNKED = "sglang.srt.managers.schedule_policy.PrefillAdder.add_chunked_req"
 
 
-def _cut(adder: Any, reuse: Any, req: Any) -> bool:
+def _cut(adder: PrefillAdder, reuse: DocumentReuse, req: Req) -> bool:
     """Cut an admitted extend where a cached run starts; True if cut. The round's chunk budget is
     then spent, as when SGLang itself truncates a request: one chunked request per round."""
     if adder.rem_chunk_tokens is None:  # chunked prefill off: no next chunk to place before
@@ -37,7 +43,7 @@ def _cut(adder: Any, reuse: Any, req: Any) -> bool:
     return True
 
 
-def place_documents(original: Callable[..., Any], adder: Any, req: Any, has_chunked_req: bool,
+def place_documents(original: Callable[..., Any], adder: PrefillAdder, req: Req, has_chunked_req: bool,
                     *args: Any, **kwargs: Any) -> Any:
     reuse = getattr(adder.tree_cache, "document_reuse", None)
     if reuse is None:
@@ -53,7 +59,7 @@ def place_documents(original: Callable[..., Any], adder: Any, req: Any, has_chun
     return result
 
 
-def place_chunk(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+def place_chunk(original: Callable[..., Any], adder: PrefillAdder, req: Req, *args: Any, **kwargs: Any) -> Any:
     """The next chunk of a chunked request: place the cached run it starts with, cut again."""
     reuse = getattr(adder.tree_cache, "document_reuse", None)
     if reuse is None:
