@@ -70,8 +70,8 @@ class LeanLlama:
         return LeanCache(len(self.layers), batch, self.n_kv, capacity, self.head_dim, self.embed.dtype, self.embed.device)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        """HF's RMSNorm: normalised in float32, cast back, then scaled (one fused kernel where torch has it)."""
+        return weight * torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -110,8 +110,9 @@ class LeanLlama:
         for i, w in enumerate(self.layers[:layers]):
             h = self._norm(x, w["ln1"])
             q, k, v = (h @ w["qkv"].T).split([nq * d, nkv * d, nkv * d], dim=-1)
-            q = self._rope(q.view(b, t, nq, d).transpose(1, 2), cos, sin)
-            cache.k[i, :, :, at] = self._rope(k.view(b, t, nkv, d).transpose(1, 2), cos, sin)
+            qk = self._rope(torch.cat([q, k], dim=-1).view(b, t, nq + nkv, d).transpose(1, 2), cos, sin)
+            q = qk[:, :nq]
+            cache.k[i, :, :, at] = qk[:, nq:]
             cache.v[i, :, :, at] = v.view(b, t, nkv, d).transpose(1, 2)
             if observe is not None:
                 observe(i, q, cache.k[i, :, :, :end])
