@@ -35,8 +35,10 @@ def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2
     prompts = [f"Request {i}: " + " ".join(["count the stars above the quiet sea"] * 10) for i in range(12)]
     with Server(smollm2, args, env={"SGLANG_SWA_EVICTION_INTERVAL": str(INTERVAL)}) as server:
         def one(text: str) -> dict:
+            # 12 x 144 decode steps: 2-6 minutes on a free 2-core host, over 10 on a loaded one
             return server.generate({"text": text, "sampling_params": {"max_new_tokens": 3 * WINDOW,
-                                                                      "ignore_eos": True, "temperature": 0}})
+                                                                      "ignore_eos": True, "temperature": 0}},
+                                   timeout=1800)
 
         with ThreadPoolExecutor(12) as pool:
             outs = list(pool.map(one, prompts))
