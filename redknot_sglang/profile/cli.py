@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = [{"key": c.key, "ranking": c.ranking, "window": c.window, "sink": c.sink, "global_ratio": round(c.n_global / search.num_heads, 4),
              "kv_ratio": round(kv_ratio(search.profile(c), args.target_length), 4),
              "buckets": {b: dataclasses.asdict(s) for b, s in measured[c.key].items()}}
-            for c in {c.key: c for c in cands}.values()]
+            for c in cands]
     search_json = out.with_suffix(".search.json")
     search_json.write_text(json.dumps({"target_length": args.target_length, "target_bucket": tb,
                                        "chosen": chosen.key, "ranking": chosen.ranking, "measured": rows}, indent=1) + "\n")

@@ -24,7 +24,7 @@ class _State:
     # per layer (local, window, sink), each [B, Hkv] on the host: row b of the batch runs profile b (B = 1: all rows)
     masks: Optional[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
     collector: Optional[Callable[[int, torch.Tensor], None]] = None
-    groups: dict = dataclasses.field(default_factory=dict)  # _head_kinds' answers for the masks set
+    kinds: dict = dataclasses.field(default_factory=dict)  # _head_kinds' answers for the masks set
 
 
 _STATE = _State()
@@ -53,42 +53,38 @@ def _head_kinds(masks: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     if masks is None:
         return [(None, 0, 0)]
     key = (id(masks), batch, str(device))
-    if key not in _STATE.groups or _STATE.groups[key][0] is not masks:
+    if key not in _STATE.kinds or _STATE.kinds[key][0] is not masks:
         local, window, sink = (x.repeat_interleave(group, dim=-1).expand(batch, -1) for x in masks)
         window = torch.where(local, window, torch.zeros_like(window))
         sink = torch.where(local, sink, torch.zeros_like(sink))
         kinds = sorted({(int(a), int(b)) for a, b in zip(window.flatten().tolist(), sink.flatten().tolist())})
         out = [(None if i == 0 else ((window == w) & (sink == sk))[..., None, None].to(device), w, sk)
                for i, (w, sk) in enumerate(kinds)]
-        _STATE.groups[key] = (masks, out)
-    return _STATE.groups[key][1]
+        _STATE.kinds[key] = (masks, out)
+    return _STATE.kinds[key][1]
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: int, scaling: float,
           q_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``[B, H, T, D]`` queries at the last ``T`` of ``S`` positions (or at positions ``q_pos``
     ``[T]``, any increasing set: keys are read causally by position); ``window`` 0: causal. One
-    query at the end (decode) reads its sink and window as two slices of the keys, without a mask."""
+    query at the end (decode) reads its sink and window as two slices of the keys, without a mask;
+    queries that read every earlier key take the causal kernel; the others one mask by position."""
     t, s = q.shape[2], k.shape[2]
-    if q_pos is not None:
-        k_pos = torch.arange(s, device=q.device)[None, :]
-        mask = k_pos <= q_pos[:, None]
-        if window:
-            mask = mask & ((k_pos < sink) | (k_pos > q_pos[:, None] - window))
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-    if window and s > sink + window:
-        if t == 1:
+    windowed = bool(window) and s > sink + window
+    if q_pos is None:
+        if windowed and t == 1:
             k = torch.cat([k[:, :, :sink], k[:, :, s - window:]], dim=2)
             v = torch.cat([v[:, :, :sink], v[:, :, s - window:]], dim=2)
-        else:
-            q_pos = torch.arange(s - t, s, device=q.device)[:, None]
-            k_pos = torch.arange(s, device=q.device)[None, :]
-            mask = (k_pos <= q_pos) & ((k_pos < sink) | (k_pos > q_pos - window))
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-    if t in (1, s):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=scaling)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed_keys(None, 1, t, s, q.device),
-                                                            scale=scaling)
+            windowed = False
+        if not windowed and t in (1, s):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=scaling)
+        q_pos = torch.arange(s - t, s, device=q.device)
+    k_pos = torch.arange(s, device=q.device)[None, :]
+    mask = k_pos <= q_pos[:, None]
+    if windowed:
+        mask = mask & ((k_pos < sink) | (k_pos > q_pos[:, None] - window))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
 
 
 def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
@@ -96,9 +92,8 @@ def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
                        q_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``query`` ``[B, Hq, T, D]`` at the last ``T`` of ``S`` positions (or at ``q_pos``, see
     :func:`_sdpa`), ``key``/``value`` ``[B, Hkv, S, D]``, row ``b`` under ``masks`` row ``b`` (None:
-    dense) -> ``[B, Hq, T, D]``: one SDPA call per
-    kind of head (global; local of a window and sink) over the whole batch, each (row, head) taking
-    its kind's output. No per-head mask and no gather of heads: a decode step costs a few kernels
+    dense) -> ``[B, Hq, T, D]``: one SDPA call per kind of head (global; local of a window and sink)
+    over the whole batch, each (row, head) taking its kind's output. No per-head mask and no gather of heads: a decode step costs a few kernels
     per kind whatever the profiles (the GPU host, not the GPU, bounds the search)."""
     group = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(group, dim=1)
@@ -158,7 +153,7 @@ class ProfiledModel:
         """Run with ``profile``'s local heads masked (None: dense). A list runs row ``b`` of each
         batch under ``profile[b]`` (None rows dense): one forward scores several profiles."""
         saved = _STATE.masks
-        _STATE.groups.clear()
+        _STATE.kinds.clear()
         rows = [profile] if profile is None or isinstance(profile, HeadProfile) else list(profile)
         if all(p is None for p in rows):
             _STATE.masks = None
@@ -175,7 +170,7 @@ class ProfiledModel:
             yield
         finally:
             _STATE.masks = saved
-            _STATE.groups.clear()
+            _STATE.kinds.clear()
 
     @contextlib.contextmanager
     def collect(self, fn: Callable[[int, torch.Tensor], None]) -> Iterator[None]:

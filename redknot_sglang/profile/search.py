@@ -140,7 +140,7 @@ class ProfileSearch:
             measured.update(self.measure(finer))
             best = choose([best, *finer], measured, criteria, cost, max_n)
             grid = [*grid, *finer]
-        return best, measured, [*probes, *grid]
+        return best, measured, list(dict.fromkeys([*probes, *grid]))  # a probe may be in the grid too
 
 
 def choose(cands: Sequence[Candidate], measured: dict[str, dict[str, BucketScore]], criteria: Criteria,

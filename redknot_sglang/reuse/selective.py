@@ -80,11 +80,13 @@ class SelectiveReuse:
         the canonical prefix (``len(canonical)``), or where its donor prompt holds it."""
         key = tuple(doc)
         if key not in self._store:
-            ids, (a, b) = self.donors.get(key, (list(self.canonical) + list(doc), (len(self.canonical), None)))
+            if key in self.donors:
+                ids, (a, b) = self.donors[key]
+            else:
+                ids, a, b = list(self.canonical) + list(doc), len(self.canonical), len(self.canonical) + len(doc)
             cache = self.pm.lean.cache(1, len(ids))
             with self.pm.profile(self.profile):
                 self.pm.step(torch.tensor([list(ids)], device=self.pm.device), cache, 1)
-            b = b or len(ids)
             self._store[key] = (cache.k[:, 0, :, a:b].clone(), cache.v[:, 0, :, a:b].clone(), a)
         return self._store[key]
 
@@ -118,12 +120,11 @@ class SelectiveReuse:
                          question: torch.Tensor) -> torch.Tensor:
         """Per position: the attention the question's tokens pay it (summed over layers and heads),
         with the unmarked text computed over the placed documents."""
-        n = len(ids)
-        mass = torch.zeros(n, device=self.pm.device)
+        mass = torch.zeros(len(ids), device=self.pm.device)
         group = self.pm.group
+        rows = torch.isin(unmarked, question).nonzero().flatten()  # the question among the queries
 
         def observe(layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
-            rows = torch.isin(unmarked, question).nonzero().flatten()
             qq = q[0, :, rows].float()  # [Hq, Tq, D]
             kk = k[0].float().repeat_interleave(group, dim=0)  # [Hq, S, D]
             scores = qq @ kk.transpose(1, 2) * self.pm.lean.scaling

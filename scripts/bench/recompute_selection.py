@@ -69,11 +69,12 @@ def main() -> None:
                 donors.setdefault(tuple(d.ids[a:b]), (d.ids, (a, b)))
     reuse = SelectiveReuse(pm, profile, head, donors)
     eos = eos_ids(pm)
+    sets = modes(args.ratios, args.boundary)
     table = {name: {"correct": 0, "agree": 0, "total": 0, "recomputed": 0, "prompt": 0, "seconds": 0.0}
-             for name in modes(args.ratios, args.boundary)}
+             for name in sets}
     for q in tqdm(questions, desc="questions"):
         ref: list[int] = []
-        for name, how in modes(args.ratios, args.boundary).items():
+        for name, how in sets.items():
             t0 = time.monotonic()
             cache, logits, n = reuse.prefill(q.ids, q.doc_spans, how, len(q.ids) + args.new_tokens)
             seconds = time.monotonic() - t0
