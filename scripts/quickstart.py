@@ -2,7 +2,7 @@
 two requests that mark the same documents in opposite orders.
 
 Runs `python -m sglang.launch_server ... --attention-backend redknot --radix-cache-backend redknot`
-with the head profile shipped for SmolLM2 (10 of 90 KV heads global, local heads: window 256, sink 4),
+with the head profile shipped for SmolLM2 (36 of 90 KV heads global, local heads: window 2048, sink 4),
 prints the answer; the second marked request gets the documents the first one computed placed
 instead of computed (``redknot_recovery: false``), which the printed counts show. Stops the server;
 pass --keep to leave it running.

@@ -83,6 +83,10 @@ def _cached(work_dir: Optional[Path], name: str, compute: Callable[[], Any]) -> 
     return value
 
 
+SELECTION = {True: "least KV memory passing at the target length",
+             False: "none passed: best top-1 agreement at the target length"}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.monotonic()
@@ -107,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "dev_questions_per_bucket": args.dev_questions, "seconds": round(time.monotonic() - t0, 1), "device": args.device,
     }
     params = {"global_ratio": round(chosen.n_global / search.num_heads, 4), "seed": args.seed,
-              "selection": "least KV memory passing at the target length", "candidates_measured": len(measured)}
+              "selection": SELECTION[passed], "candidates_measured": len(measured)}
     profile = search.profile(chosen, params=params, fidelity=fidelity)
     tb = criteria.target_bucket(mine)
     print(f"profiled {args.model_path} in {fidelity['seconds']} s on {args.device}: {chosen.key} "

@@ -31,9 +31,9 @@ def test_synthetic_profile_is_balanced_to_one_head_layer(tp, overhead):
 
 def test_shipped_profile_spread_at_tp3():
     profile = HeadProfile.load("smollm2-135m-instruct")
-    assert tp_spread(profile, 3)["global_heads_per_rank"] == [1, 3, 6]  # 80% full-pool overhead
+    assert tp_spread(profile, 3)["global_heads_per_rank"] == [11, 12, 13]  # 8.3% full-pool overhead
     after = tp_spread(renumbered_profile(profile, balanced_order(profile, 3)), 3)
-    assert after["global_heads_per_rank"] == [4, 3, 3] and after["full_pool_overhead"] == 0.2
+    assert after["global_heads_per_rank"] == [12, 12, 12] and after["full_pool_overhead"] == 0.0
 
 
 def test_tp_that_does_not_divide_the_kv_heads_is_refused():
