@@ -16,14 +16,18 @@
 The endpoint sends each generation's documents as text pieces in
 ``custom_params.redknot_documents`` (checked by the server; a bad mark fails that generation with
 the server's message). A fork starts without marks: its requests are served as unmarked ones.
+``RedknotEndpoint.preload(texts)`` stores documents before any program asks about them
+(``POST /redknot/documents``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
+from sglang.utils import http_request
 
+from redknot_sglang.integration.hooks.preload import ROUTE
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY
 
 _ATTR = "_redknot_documents"
@@ -44,3 +48,11 @@ class RedknotEndpoint(RuntimeEndpoint):
         docs = getattr(s, _ATTR, None)
         if docs:
             data["sampling_params"].setdefault("custom_params", {})[DOCUMENTS_KEY] = [{"text": d} for d in docs]
+
+    def preload(self, texts: Sequence[str], cache_salt: Optional[str] = None) -> dict:
+        """Store ``texts`` in the server's document store (canonical capture) under the tenant
+        namespace ``cache_salt``; raises with the server's message on a bad document."""
+        res = http_request(self.base_url + ROUTE, json={"documents": [{"text": t} for t in texts], "cache_salt": cache_salt},
+                           api_key=self.api_key, verify=self.verify, method="POST")
+        self._assert_success(res)
+        return res.json()

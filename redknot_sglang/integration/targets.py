@@ -21,8 +21,8 @@ import pkgutil
 import re
 from typing import Any, Callable
 
-from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, request_spans,
-                                              server_args, sparse_ffn, stats, swa_admission)
+from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, preload,
+                                              request_spans, server_args, sparse_ffn, stats, swa_admission)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook(cpu_rope.TARGET, cpu_rope.rope_init, "AROUND"),
     Hook(stats.TARGET, stats.get_internal_state, "AFTER"),
     Hook(request_spans.TARGET, request_spans.validate_documents, "AFTER"),
+    Hook(preload.TARGET, preload.launch_server, "AROUND"),
     Hook(swa_admission.INIT, swa_admission.reserve_running, "AFTER"),
     Hook(swa_admission.ADD, swa_admission.reserve_new, "AROUND"),
     Hook(admission_placement.ADD, admission_placement.place_documents, "AROUND"),
@@ -106,7 +107,11 @@ RELIED: dict[str, tuple[str, ...]] = {
     _S + "managers.schedule_batch.ScheduleBatch": ("reqs", "prefix_lens", "extend_lens", "tree_cache"),
     _S + "managers.scheduler.Scheduler": ("token_to_kv_pool_allocator", "tree_cache",
                                          "req_to_token_pool", "running_batch", "waiting_queue"),
-    _S + "managers.tokenizer_manager.TokenizerManager": ("server_args", "tokenizer"),
+    _S + "managers.tokenizer_manager.TokenizerManager": ("server_args", "tokenizer", "generate_request"),
+    # the preload route (hooks/preload.py)
+    _S + "entrypoints.http_server": ("app", "_global_state"),
+    _S + "entrypoints.http_server._GlobalState": ("tokenizer_manager",),
+    _S + "managers.io_struct.GenerateReqInput": ("input_ids", "sampling_params", "extra_key"),
     # the attention side (attention.py, head_split_backend.py, hooks/sparse_ffn.py)
     _S + "layers.attention.base_attn_backend.AttentionBackend": ("init_forward_metadata", "forward_extend",
                                                                 "forward_decode"),

@@ -116,6 +116,32 @@ def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
     assert r.status_code == 400 and "redknot_recovery must be true or false" in r.text
 
 
+def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server):
+    from redknot_sglang.integration.frontend import RedknotEndpoint
+
+    d4, d5 = ([rng.randrange(100, 40000) for _ in range(n)] for n in (110, 70))
+    before = stats(server)["documents"]
+    r = server.post("/redknot/documents", {"documents": [{"input_ids": d4}, {"input_ids": d5}], "cache_salt": "pre"})
+    assert r.status_code == 200, r.text
+    assert [d["tokens"] for d in r.json()["stored"]] == [110, 70] and r.json()["canonical_prefix_tokens"] > 0
+    assert stats(server)["documents"]["captured_documents"] == before["captured_documents"] + 2
+    placed = stats(server)["documents"]["placed_tokens"]
+    generate(server, body([d5, d4], recovery=False, salt="pre"))  # first use, in a new order and offset
+    assert stats(server)["documents"]["placed_tokens"] == placed + len(d5) + len(d4)
+    generate(server, body([d5, d4], recovery=False, salt="other"))  # another tenant computes them
+    assert stats(server)["documents"]["placed_tokens"] == placed + len(d5) + len(d4)
+    stored = RedknotEndpoint(server.url).preload(["The red vault is guarded by a lion."], cache_salt="pre")
+    assert stored["stored"][0]["tokens"] > 5
+    for bad, message in (({"documents": [{"text": ""}]}, "empty document"),
+                         ({"documents": [{"input_ids": list(range(100, 9100))}]}, "documents[0]"),
+                         ({"documents": []}, "at least 1 item"),
+                         ({"documents": [{"input_ids": d4}, {"html": "x"}]}, "redknot documents")):
+        r = server.post("/redknot/documents", bad)
+        assert r.status_code == 400 and message in r.text, (bad, r.text[:300])
+    generate(server, body([D1]))  # the server goes on serving
+    assert_all_slots_back(stats(server))
+
+
 def test_flush_cache_empties_the_tree_and_the_document_store(server):
     assert server.post("/flush_cache", {}).status_code == 200
     s = stats(server)
