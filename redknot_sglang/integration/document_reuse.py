@@ -127,8 +127,8 @@ class DocumentReuse:
         self._now = ForwardPlan()  # forward side: the running forward's plan
         self._sparse_candidates = 0
         self._attn_norm: Optional[torch.Tensor] = None
-        self.stats = {"placed_requests": 0, "placed_tokens": 0, "captured_documents": 0, "store_errors": 0,
-                      "ffn_skipped_token_layers": 0}
+        self.stats = {"placed_requests": 0, "placed_tokens": 0, "document_hits": 0, "captured_documents": 0,
+                      "store_errors": 0, "ffn_skipped_token_layers": 0}
 
     def namespace(self, req: Req) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
@@ -355,6 +355,7 @@ class DocumentReuse:
             self.store.unlock(p.match)
         self.stats["placed_requests"] += 1
         self.stats["placed_tokens"] += len(pl.slots)
+        self.stats["document_hits"] += len(pl.pieces)
 
     def capture(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Copy layer ``layer``'s new K/V (``[tokens, heads, D]``, global heads first) of the

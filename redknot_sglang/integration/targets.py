@@ -21,8 +21,8 @@ import pkgutil
 import re
 from typing import Any, Callable
 
-from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, preload,
-                                              request_spans, server_args, sparse_ffn, stats, swa_admission)
+from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, metrics,
+                                              preload, request_spans, server_args, sparse_ffn, stats, swa_admission)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook(backend_name.TARGET, backend_name.support_triton, "AROUND"),
     Hook(cpu_rope.TARGET, cpu_rope.rope_init, "AROUND"),
     Hook(stats.TARGET, stats.get_internal_state, "AFTER"),
+    Hook(metrics.PREFILL, metrics.report, "AFTER"),
+    Hook(metrics.DECODE, metrics.report, "AFTER"),
     Hook(request_spans.TARGET, request_spans.validate_documents, "AFTER"),
     Hook(preload.TARGET, preload.launch_server, "AROUND"),
     Hook(swa_admission.INIT, swa_admission.reserve_running, "AFTER"),
@@ -108,6 +110,9 @@ RELIED: dict[str, tuple[str, ...]] = {
     _S + "managers.scheduler.Scheduler": ("token_to_kv_pool_allocator", "tree_cache",
                                          "req_to_token_pool", "running_batch", "waiting_queue"),
     _S + "managers.tokenizer_manager.TokenizerManager": ("server_args", "tokenizer", "generate_request"),
+    _S + "managers.scheduler_components.metrics_reporter.SchedulerMetricsReporter": (
+        "scheduler", "metrics_collector", "enable_metrics"),
+    _S + "observability.metrics_collector.SchedulerMetricsCollector": ("labels",),
     # the preload route (hooks/preload.py)
     _S + "entrypoints.http_server": ("app", "_global_state"),
     _S + "entrypoints.http_server._GlobalState": ("tokenizer_manager",),

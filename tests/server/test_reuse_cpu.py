@@ -2,7 +2,8 @@
 sink 4, sparse FFN at keep 0.5) captures marked documents at first use and places them in later
 requests that put them in a new order, with and without recovery; only recovery requests' FFN is
 sparse; approximate KV never serves an unmarked request, other tenants never see a document, and
-every slot comes back."""
+every slot comes back. Documents preloaded over HTTP are placed at first use; the store's counters
+are Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def server(smollm2, smollm2_fingerprint, tmp_path_factory):
     args = (*CPU_ARGS, *REDKNOT_ARGS, "--max-total-tokens", "8192", "--random-seed", "0",
             "--redknot-head-profile", str(path), "--redknot-window-pool-ratio", "0.5",
             "--chunked-prefill-size", "128",  # documents span chunks
-            "--redknot-sparse-ffn-keep", "0.5")
+            "--redknot-sparse-ffn-keep", "0.5", "--enable-metrics")
     with Server(smollm2, args) as s:
         yield s
 
@@ -140,6 +141,17 @@ def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server
         assert r.status_code == 400 and message in r.text, (bad, r.text[:300])
     generate(server, body([D1]))  # the server goes on serving
     assert_all_slots_back(stats(server))
+
+
+def test_store_counters_are_prometheus_metrics(server):
+    generate(server, body([D2, D1], recovery=False))  # places both: the counters move
+    s = stats(server)["documents"]
+    text = requests.get(server.url + "/metrics", timeout=60).text
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("sglang:redknot_")}
+    for key in ("documents", "device_bytes", "captured_documents", "document_hits", "placed_requests", "placed_tokens"):
+        assert values[f"sglang:redknot_{key}"] == s[key], (key, values, s)
+    assert s["document_hits"] > 0
 
 
 def test_flush_cache_empties_the_tree_and_the_document_store(server):
