@@ -12,7 +12,9 @@ length. One launch serves all local heads of a layer, every request of the batch
 
 * :func:`segpaged_decode`: one query per request, split over the key range (flash-decoding) so
   small batches still fill the GPU, then a reduce over splits.
-* :func:`segpaged_extend`: ``q_lens[b]`` queries per request (their K/V already stored).
+* :func:`segpaged_extend`: ``q_lens[b]`` queries per request (their K/V already stored), at the
+  request's last positions or at any increasing positions (``q_positions``: a recompute set among
+  placed KV, causal by position); :func:`full_extend` is the same for global heads over full slots.
 
 Shapes: ``q``/``o`` ``[tokens, Hq_local, D]`` (any strides, e.g. a head slice of the layer's q),
 ``k_win``/``v_win`` ``[window slots, H_local, D]``, ``k_sink``/``v_sink``
@@ -126,11 +128,11 @@ def _decode_reduce(
 
 @triton.jit
 def _extend(
-    Q, O, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, QStart, QLens, Win, Sink,
+    Q, O, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, QStart, QLens, QPos, Win, Sink,
     sm_scale,
     s_qt, s_qh, s_ot, s_oh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MAPPED: tl.constexpr, SCATTERED: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -152,19 +154,25 @@ def _extend(
     g = offs_r % GROUP_P
     qh = h * GROUP + g
     mask_r = (qi < q_len) & (g < GROUP)
-    qpos = first + qi
+    if SCATTERED:  # any increasing positions (a recompute set): keys up to each query's own
+        qpos = tl.load(QPos + q_start + qi, mask=mask_r, other=0)
+        lo_pos = tl.min(tl.where(mask_r, qpos, 1 << 30))  # first and last query position of this block
+        last = tl.max(tl.where(mask_r, qpos, -1))
+    else:
+        qpos = first + qi
+        lo_pos = first + m0
+        last = first + tl.minimum(m0 + BLOCK_M, q_len) - 1
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     q = tl.load(Q + (q_start + qi)[:, None] * s_qt + qh[:, None] * s_qh + offs_d[None, :],
                 mask=mask_r[:, None] & mask_d[None, :], other=0.0)
-    last = first + tl.minimum(m0 + BLOCK_M, q_len) - 1  # last query position of this block
 
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     # two key ranges: the sink, then the window of this block's queries
     sink_end = tl.minimum(S, last + 1)
-    win_lo = tl.maximum(S, first + m0 - W + 1)
+    win_lo = tl.maximum(S, lo_pos - W + 1)
     for part in tl.static_range(2):
         if part == 0:
             lo = 0
@@ -177,7 +185,7 @@ def _extend(
             valid = pos < hi
             k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos,
                             valid & (part == 0), valid & (part == 1), h, offs_d, mask_d,
-                            s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, True)
+                            s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, MAPPED)
             qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
             seen = valid[None, :] & (pos[None, :] <= qpos[:, None])
             if part == 1:
@@ -279,22 +287,39 @@ def full_decode(q: torch.Tensor, o: torch.Tensor, k_buf: torch.Tensor, v_buf: to
 
 def segpaged_extend(
     q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
-    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor,
+    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor | None,
     rows: torch.Tensor, seq_lens: torch.Tensor, q_starts: torch.Tensor, q_lens: torch.Tensor,
     max_q_len: int, window: torch.Tensor, sink: torch.Tensor, sm_scale: float,
+    q_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``q_lens[b]`` queries per request at token offset ``q_starts[b]`` of ``q``/``o``, positions
-    ``[seq_lens[b] - q_lens[b], seq_lens[b])``; their K/V must already be stored."""
+    ``[seq_lens[b] - q_lens[b], seq_lens[b])``, or ``q_positions`` (int32 per query token,
+    increasing within a request: a recompute set scattered over placed KV), each query attending
+    causally *by position* to its request's keys; their K/V and every key they read must already
+    be stored. Without ``full_to_swa``, ``k_win``/``v_win`` are indexed by the full slots of
+    ``req_to_token`` themselves (:func:`full_extend`)."""
     group, head_dim, block_d = _common(q, k_win)
     group_p = triton.next_power_of_2(group)
     block_m = max(1, (64 if head_dim <= 64 else 32) // group_p)
     grid = (rows.shape[0], k_win.shape[1], triton.cdiv(max_q_len, block_m))
+    mapped, scattered = full_to_swa is not None, q_positions is not None
     _extend[grid](
-        q, o, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, q_starts, q_lens,
-        window, sink, sm_scale,
+        q, o, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa if mapped else req_to_token, rows, seq_lens,
+        q_starts, q_lens, q_positions if scattered else q_lens, window, sink, sm_scale,
         q.stride(0), q.stride(1), o.stride(0), o.stride(1), k_win.stride(0), k_win.stride(1),
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
         GROUP=group, GROUP_P=group_p, BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, HEAD_DIM=head_dim,
-        num_warps=4, num_stages=2,
+        MAPPED=mapped, SCATTERED=scattered, num_warps=4, num_stages=2,
     )
     return o
+
+
+def full_extend(q: torch.Tensor, o: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor, q_starts: torch.Tensor,
+                q_lens: torch.Tensor, max_q_len: int, window: torch.Tensor, sink: torch.Tensor, sm_scale: float,
+                q_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Extend of heads that read every key (global heads) over the full slots of ``req_to_token``:
+    :func:`segpaged_extend` with window :data:`FULL_WINDOW` and sink 0 (:func:`full_window`),
+    unmapped; with ``q_positions``, the position-causal attention of a scattered recompute set."""
+    return segpaged_extend(q, o, k_buf, v_buf, k_buf, v_buf, req_to_token, None, rows, seq_lens, q_starts, q_lens,
+                           max_q_len, window, sink, sm_scale, q_positions)

@@ -100,6 +100,17 @@ def test_triton_kernels_match_reference_real_sizes(decode):
     assert _rel_err(_run_kernel(case, decode), reference(case)) < 1e-2
 
 
+def _full_buffers(case, dev):
+    """K/V buffers indexed by the case's full slots (unused slots NaN): the global heads' pool."""
+    slots = case.full_to_swa.shape[0]
+    k_full = torch.full((slots, *case.k_win.shape[1:]), float("nan"), device=dev)
+    v_full = torch.full_like(k_full, float("nan"))
+    for b, (row, n) in enumerate(zip(case.rows.tolist(), case.seq_lens.tolist())):
+        full = case.req_to_token[row, :n].long()
+        k_full[full], v_full[full] = case.k_true[b].float().to(dev), case.v_true[b].float().to(dev)
+    return k_full, v_full
+
+
 def test_full_decode_reads_every_key_from_the_full_slots():
     """Global heads' decode: the same kernel, unmapped, window 'every key', sink 0, over buffers
     indexed by full slots (unused slots NaN); splits sized by the context length."""
@@ -109,14 +120,71 @@ def test_full_decode_reads_every_key_from_the_full_slots():
     heads = 2
     case = make_case([67, 5, 130], [1, 1, 1], window=[segpaged.FULL_WINDOW] * heads, sink=[0] * heads, group=2,
                      head_dim=32, seed=3, device=dev)
-    slots = case.full_to_swa.shape[0]
-    k_full = torch.full((slots, heads, 32), float("nan"), device=dev)
-    v_full = torch.full_like(k_full, float("nan"))
-    for b, (row, n) in enumerate(zip(case.rows.tolist(), case.seq_lens.tolist())):
-        full = case.req_to_token[row, :n].long()
-        k_full[full], v_full[full] = case.k_true[b].float().to(dev), case.v_true[b].float().to(dev)
+    k_full, v_full = _full_buffers(case, dev)
     window, sink = segpaged.full_window(heads, dev)
     out = torch.full_like(case.q, float("nan"))
     segpaged.full_decode(case.q, out, k_full, v_full, case.req_to_token, case.rows, case.seq_lens, window, sink,
                          case.scale, max_keys=case.req_to_token.shape[1])
     assert _rel_err(out, reference(case)) < 1e-4
+
+
+def _scattered(case, seed: int):
+    """A recompute set: a random increasing subset of each request's positions (the case is a
+    full prefill, so every position is a query and every key is stored), with the queries'
+    offsets, counts and positions, and the rows of ``reference(case)`` they must equal."""
+    rng = random.Random(seed)
+    picked, positions, lens = [], [], []
+    for start, n in zip(case.q_starts.tolist(), case.q_lens.tolist()):
+        pos = sorted(rng.sample(range(n), max(1, n // 3)))
+        picked += [start + p for p in pos]
+        positions += pos
+        lens.append(len(pos))
+    dev = case.q.device
+    lens_t = torch.tensor(lens, dtype=torch.int32, device=dev)
+    idx = torch.tensor(picked)
+    return (case.q[idx.to(dev)], lens_t, (torch.cumsum(lens_t, 0) - lens_t).int(),
+            torch.tensor(positions, dtype=torch.int32, device=dev), idx)
+
+
+def _extend_scattered(case, heads: str, seed: int):
+    """(kernel output, reference rows) for a scattered recompute set of ``case``."""
+    from redknot_sglang.kernels import segpaged
+
+    q, q_lens, q_starts, q_pos, idx = _scattered(case, seed)
+    out = torch.full_like(q, float("nan"))
+    args = (case.rows, case.seq_lens, q_starts, q_lens, int(q_lens.max()), case.window, case.sink, case.scale)
+    if heads == "local":
+        segpaged.segpaged_extend(q, out, case.k_win, case.v_win, case.k_sink, case.v_sink, case.req_to_token,
+                                 case.full_to_swa, *args, q_positions=q_pos)
+    else:
+        segpaged.full_extend(q, out, *_full_buffers(case, q.device), case.req_to_token, *args, q_positions=q_pos)
+    return out, reference(case)[idx]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("heads", ["local", "global"])
+def test_extend_at_scattered_positions_is_causal_by_position(seed, heads):
+    """Selective recompute: queries at scattered positions among stored KV attend to every key up
+    to their own position (local heads: within sink + window; global heads over the full slots),
+    equal to the float64 reference's rows for those positions."""
+    from redknot_sglang.kernels import segpaged
+
+    dev = "cuda" if CUDA else "cpu"
+    seq = [90, 37, 140][: seed + 1]
+    shape = HEADS if heads == "local" else dict(window=[segpaged.FULL_WINDOW] * 3, sink=[0] * 3)
+    case = make_case(seq, seq, **shape, group=2, head_dim=32, seed=seed, device=dev)
+    assert _rel_err(*_extend_scattered(case, heads, seed)) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", ["local", "global"])
+def test_extend_at_scattered_positions_real_sizes(heads):
+    """The recompute set's extend at serving sizes (bf16, GQA 4, head_dim 128): a third of the
+    positions of 4K-6K-token requests, local heads with window 1024 + sink 64, or global heads."""
+    from redknot_sglang.kernels import segpaged
+
+    seq = [6000, 4100]
+    shape = (dict(window=[1024] * 4, sink=[64] * 4) if heads == "local"
+             else dict(window=[segpaged.FULL_WINDOW] * 4, sink=[0] * 4))
+    case = make_case(seq, seq, **shape, group=4, head_dim=128, dtype=torch.bfloat16, device="cuda", seed=5)
+    assert _rel_err(*_extend_scattered(case, heads, 5)) < 1e-2
