@@ -4,14 +4,15 @@ fidelity at the length it will serve, and write its profile.
     python -m redknot_sglang.profile --model-path M --out M.heads.json \\
         [--target-length 7168] [--min-agreement 0.95] [--max-accuracy-drop 0.02] [--max-global-ratio 0.15] \\
         [--windows 128,256,512,1024,2048] [--sinks 4] [--global-ratios 0.05,0.1,0.15,0.2,0.3,0.4] \\
-        [--dev-questions 50] [--work-dir DIR] [--force]
+        [--dev-questions 50] [--work-dir DIR] [--force] [--candidate RANKING/wW/sS/gN]
 
 Dense answers the benchmark's dev split (document QA, 2K/4K/7K-token prompts,
 :mod:`redknot_sglang.fidelity.docqa`); heads are scored by the attention they would lose at each
 (window, sink) on those prompts; :class:`~redknot_sglang.profile.search.ProfileSearch` measures
 candidates and picks the least KV memory at ``--target-length`` that passes in every bucket up to
 it. The profile records the length it was gated at, its KV bytes ratio there and the numbers per
-bucket; a profile that fails is not written unless ``--force``. Next to it: a heatmap
+bucket; a profile that fails is not written unless ``--force``; ``--candidate`` writes a candidate
+read off the picture instead of the search's choice. Next to it: a heatmap
 (``.png``), the fidelity-vs-memory picture (``.fidelity.png``) and every measurement
 (``.search.json``).
 """
@@ -34,7 +35,7 @@ from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
 from redknot_sglang.profile.plots import save_heatmap, save_tradeoff
 from redknot_sglang.profile.hf_model import ProfiledModel
 from redknot_sglang.profile.scores import RANKINGS, window_scores
-from redknot_sglang.profile.search import Criteria, ProfileSearch, kv_ratio
+from redknot_sglang.profile.search import Candidate, Criteria, ProfileSearch, kv_ratio
 
 
 def _ints(text: str) -> list[int]:
@@ -67,6 +68,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep measurements here and resume from them")
     ap.add_argument("--force", action="store_true", help="write the profile even if it fails")
+    ap.add_argument("--candidate", type=Candidate.from_key, default=None,
+                    help="write this candidate (RANKING/wW/sS/gN, e.g. read off the picture) instead of the "
+                         "search's choice; measured like the others, gated the same way")
     return ap.parse_args(argv)
 
 
@@ -101,6 +105,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     search = ProfileSearch(model, fp, refs, scores, batch=args.batch, work_dir=args.work_dir)
     criteria = Criteria(args.target_length, args.min_agreement, args.max_accuracy_drop, args.max_global_ratio)
     chosen, measured, cands = search.run(args.windows, args.sinks, args.global_ratios, criteria, args.rankings)
+    if args.candidate is not None:
+        chosen = args.candidate
+        measured.update(search.measure([chosen]))
+        cands = list(dict.fromkeys([*cands, chosen]))
     mine = measured[chosen.key]
     passed = criteria.passes(mine)
     fidelity = {
@@ -111,7 +119,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "dev_questions_per_bucket": args.dev_questions, "seconds": round(time.monotonic() - t0, 1), "device": args.device,
     }
     params = {"global_ratio": round(chosen.n_global / search.num_heads, 4), "seed": args.seed,
-              "selection": SELECTION[passed], "candidates_measured": len(measured)}
+              "selection": "by hand (--candidate)" if args.candidate else SELECTION[passed],
+              "candidates_measured": len(measured)}
     profile = search.profile(chosen, params=params, fidelity=fidelity)
     tb = criteria.target_bucket(mine)
     print(f"profiled {args.model_path} in {fidelity['seconds']} s on {args.device}: {chosen.key} "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -46,6 +47,14 @@ class Candidate:
     @property
     def key(self) -> str:
         return f"{self.ranking}/w{self.window}/s{self.sink}/g{self.n_global}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Candidate:
+        """``ranking/wW/sS/gN``, as :attr:`key` writes it."""
+        m = re.fullmatch(r"([\w+]+)/w(\d+)/s(\d+)/g(\d+)", key)
+        if m is None or m.group(1) not in RANKINGS:
+            raise ValueError(f"candidate {key!r}: expected RANKING/wWINDOW/sSINK/gGLOBAL_HEADS, a ranking of {RANKINGS}")
+        return cls(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
 
 
 @dataclasses.dataclass(frozen=True)

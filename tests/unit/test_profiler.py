@@ -60,3 +60,20 @@ def test_profile_that_fails_the_gate_is_not_written(smollm2, profiled, tmp_path,
     assert rc == 2 and not out.exists()
     assert "fails the fidelity gate: not written" in capsys.readouterr().err
     assert out.with_suffix(".fidelity.png").exists()  # the picture shows why
+
+
+def test_a_candidate_chosen_by_hand_is_written_from_the_measurements(smollm2, profiled, tmp_path):
+    _, work, _ = profiled
+    lines = len((work / "answers.jsonl").read_text().splitlines())
+    out = tmp_path / "by-hand.heads.json"
+    assert main(["--model-path", str(smollm2), "--out", str(out), "--work-dir", str(work), *TINY,
+                 "--windows", "64,1024", "--global-ratios", "0.1,0.3", "--max-global-ratio", "0.3", "--force",
+                 "--candidate", "task/w1024/s4/g9"]) == 0
+    assert len((work / "answers.jsonl").read_text().splitlines()) == lines  # in the grid: measured already
+    profile = HeadProfile.load(out)
+    assert profile.provenance.params["selection"] == "by hand (--candidate)"
+    assert sum(map(sum, profile.is_global_matrix())) == 9
+    assert {spec.window for _, _, spec in profile.local_heads()} == {1024}
+    with pytest.raises(SystemExit):
+        main(["--model-path", str(smollm2), "--out", str(out), "--candidate", "task/w1024/g9"])
+
