@@ -116,6 +116,10 @@ class Server:
             raise ServerError(f"/generate {r.status_code}: {r.text}")
         return r.json()
 
+    def redknot_stats(self) -> dict:
+        """The first scheduler's pool, cache and document-store counters (``/get_server_info``)."""
+        return requests.get(self.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
+
     def chat(self, payload: dict, timeout: float = 600.0) -> dict:
         r = self.post("/v1/chat/completions", {"model": "default", **payload}, timeout)
         if not r.ok:

@@ -8,7 +8,14 @@ teacher-forced top-1 agreement over dense's answer tokens, first-token similarit
 local fraction, window and KV bytes ratio at that length. The stock server's agreement with its own
 greedy answers (teacher forcing runs as one prefill, greedy as decode steps) is the noise floor.
 
-    python scripts/bench/fidelity.py [--profiles smollm2-135m-instruct,...] [--per-bucket 100]
+``--reuse``: document reuse on the same redknot server, per mode (``recovery``: the server's
+default for marked documents; ``placed``: ``redknot_recovery`` false, every cached document placed).
+Each mode starts from an empty cache, answers the "warmup" stream of other questions over the same
+documents with its marks (documents captured in other orders and offsets), then the measured
+questions with their marks: accuracy next to dense's and the head split's full prefill, agreement
+against the same server's full prefill, the fraction of prompt tokens placed (``reuse`` rows).
+
+    python scripts/bench/fidelity.py [--profiles smollm2-135m-instruct,...] [--per-bucket 100] [--reuse]
     python scripts/bench/fidelity.py --cpu --per-bucket 2 --buckets 2k    # the CPU smoke slice
 
 Writes bench/results/fidelity.json (``--out`` to change).
@@ -27,6 +34,7 @@ from redknot_sglang.fidelity.server import Asker, server_flags
 from redknot_sglang.fidelity.summary import bucket_scores
 from redknot_sglang.heads.profile import HeadProfile
 from redknot_sglang.profile.search import kv_ratio
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
 from redknot_sglang.testing.bench_sides import device_name
 from redknot_sglang.testing.models import smollm2_dir
 from redknot_sglang.testing.server import Server
@@ -53,6 +61,34 @@ def rows_for(name: str, profile: HeadProfile, answers, dense, questions) -> list
     return rows
 
 
+REUSE_MODES = {"recovery": {}, "placed": {RECOVERY_KEY: False}}
+
+
+def marks(extra: dict):
+    """``params_of`` for :class:`Asker`: the question's documents marked, plus ``extra``."""
+    return lambda q: {"custom_params": {DOCUMENTS_KEY: [list(span) for span in q.doc_spans], **extra}}
+
+
+def reuse_rows(server, asker: Asker, name: str, questions, warmup, dense, full, full_tokens, full_top) -> list[dict]:
+    """Per reuse mode and bucket, the measured questions after the warm-up captured their documents."""
+    rows = []
+    for mode, extra in REUSE_MODES.items():
+        assert server.post("/flush_cache", {}).status_code == 200
+        asker.ask(warmup, params_of=marks(extra))
+        before = server.redknot_stats()["documents"]["placed_tokens"]
+        got, _, _ = asker.ask(questions, full_tokens, full_top, params_of=marks(extra))
+        placed = server.redknot_stats()["documents"]["placed_tokens"] - before
+        full_acc = {b: s.accuracy for b, s in bucket_scores(full, dense).items()}
+        for bucket, s in bucket_scores(got, dense).items():
+            if bucket != "all":
+                rows.append({"prompt_len": BUCKET_LENGTH[bucket], "profile": name, "mode": mode,
+                             "dense_accuracy": s.dense_accuracy, "headsplit_accuracy": full_acc[bucket],
+                             "accuracy": s.accuracy, "top1_agreement_vs_full_prefill": s.top1_agreement,
+                             "first_token_cosine_vs_full_prefill": s.cosine, "n_questions": s.n})
+        rows.append({"mode": mode, "profile": name, "placed_fraction": round(placed / sum(len(q.ids) for q in questions), 4)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", default="smollm2-135m-instruct", help="comma-separated paths or shipped names")
@@ -62,6 +98,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--cpu", action="store_true", help="CPU servers (torch_native), one request at a time")
+    ap.add_argument("--reuse", action="store_true", help="also document reuse modes on each redknot server")
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
     args = ap.parse_args()
@@ -76,7 +113,8 @@ def main() -> None:
     with Server(model, stock_flags, log_path=args.log_dir / "fidelity-stock.log") as s:
         dense, ref_tokens, ref_top = Asker(s, tokenizer, args.new_tokens, concurrency).ask(questions)
     print(f"stock: {time.monotonic() - t0:.0f} s")
-    results, noise = [], []
+    warmup = DocQA(tokenizer).questions(args.split, args.per_bucket, buckets=args.buckets, stream="warmup")
+    results, noise, reuse = [], [], []
     for b, s in bucket_scores(dense, dense).items():
         if b != "all":
             noise.append({"prompt_len": BUCKET_LENGTH[b], "dense_accuracy": s.accuracy,
@@ -84,20 +122,34 @@ def main() -> None:
     for name in args.profiles.split(","):
         profile = HeadProfile.load(name)
         t1 = time.monotonic()
+        label = Path(name).name.removesuffix(".json").removesuffix(".heads")
         with Server(model, [*ours_flags, "--redknot-head-profile", name],
                     log_path=args.log_dir / f"fidelity-{Path(name).stem}.log") as s:
-            ours, _, _ = Asker(s, tokenizer, args.new_tokens, concurrency).ask(questions, ref_tokens, ref_top)
+            asker = Asker(s, tokenizer, args.new_tokens, concurrency)
+            ours, _, _ = asker.ask(questions, ref_tokens, ref_top)
+            if args.reuse:
+                _, full_tokens, full_top = asker.ask(questions)  # the same server's full prefill as reference
+                reuse += reuse_rows(s, asker, label, questions, warmup, dense, ours, full_tokens, full_top)
         print(f"{name}: {time.monotonic() - t1:.0f} s")
-        results += rows_for(Path(name).name.removesuffix(".json").removesuffix(".heads"), profile, ours, dense, questions)
+        results += rows_for(label, profile, ours, dense, questions)
     out = {"device": device_name() if not args.cpu else "cpu", "model": "SmolLM2-135M-Instruct (bf16)",
            "benchmark": f"docqa {args.split} split, greedy, {args.new_tokens} new tokens",
            "servers": {"stock": stock_flags, "redknot": ours_flags}, "dense_noise_floor": noise, "results": results}
+    if reuse:
+        out["reuse"] = reuse
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{'profile':>28} {'len':>5} {'kv':>6} {'dense':>6} {'ours':>6} {'top1':>7} {'cos':>7} {'n':>4}")
     for r in results:
         print(f"{r['profile'][-28:]:>28} {r['prompt_len']:>5} {r['kv_ratio']:>6.3f} {r['dense_accuracy']:>6.3f} "
               f"{r['redknot_accuracy']:>6.3f} {r['top1_agreement']:>7.4f} {r['first_token_cosine']:>7.4f} {r['n_questions']:>4}")
+    for r in reuse:
+        if "accuracy" in r:
+            print(f"{r['profile'][-18:] + ' ' + r['mode']:>28} {r['prompt_len']:>5} {'':>6} {r['dense_accuracy']:>6.3f} "
+                  f"{r['accuracy']:>6.3f} {r['top1_agreement_vs_full_prefill']:>7.4f} (vs its full prefill, "
+                  f"accuracy {r['headsplit_accuracy']:.3f})")
+        else:
+            print(f"{r['profile'][-18:] + ' ' + r['mode']:>28} prompt tokens placed: {r['placed_fraction']:.1%}")
     for r in noise:
         print(f"{'stock vs its own greedy':>28} {r['prompt_len']:>5} {'1.000':>6} {r['dense_accuracy']:>6.3f} "
               f"{'':>6} {r['dense_self_top1_agreement']:>7.4f}")

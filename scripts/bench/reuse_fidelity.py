@@ -139,8 +139,6 @@ def server_answers(args: argparse.Namespace, pool: list[dict], questions: list[d
     from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
     from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
-    import requests
-
     prompts = [build_prompt(tokenizer, pool, q, with_newline=True) for q in questions]
     warm = [build_prompt(tokenizer, pool, q, with_newline=True) for q in warmup]
 
@@ -157,7 +155,7 @@ def server_answers(args: argparse.Namespace, pool: list[dict], questions: list[d
         for a, p in zip(answers, tqdm(prompts, desc="dense")):
             a["dense"] = ask(stock, p, None)
     def documents(server) -> dict:
-        return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]["documents"]
+        return server.redknot_stats()["documents"]
 
     counters = {}
     for flags, modes in SERVER_RUNS:

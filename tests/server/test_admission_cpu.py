@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.integration.hooks.swa_admission import window_growth
@@ -42,7 +41,7 @@ def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2
 
         with ThreadPoolExecutor(12) as pool:
             outs = list(pool.map(one, prompts))
-        stats = requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
+        stats = server.redknot_stats()
         log = server.log()
     assert all(o["meta_info"]["completion_tokens"] == 3 * WINDOW for o in outs)
     print(stats)

@@ -35,10 +35,6 @@ def body(docs, *, recovery=None, marks=True, salt=None):
     return out
 
 
-def stats(server):
-    return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
-
-
 def assert_all_slots_back(s):
     assert s["full_available"] + s["full_evictable"] == s["full_size"], s
     assert s["swa_available"] + s["swa_evictable"] == s["swa_size"], s
@@ -66,12 +62,12 @@ def generate(server, payload):
 
 def test_documents_are_captured_then_placed_in_a_new_order(server):
     _, cached = generate(server, body([D1, D2]))
-    docs = stats(server)["documents"]
+    docs = server.redknot_stats()["documents"]
     assert cached == 0 and docs["captured_documents"] == 2 and docs["documents"] == 2
 
     # without recovery both documents are placed: only the query is computed
     _, cached = generate(server, body([D2, D1], recovery=False))
-    docs = stats(server)["documents"]
+    docs = server.redknot_stats()["documents"]
     assert cached == len(SYS) + len(D2) + len(D1)
     assert (docs["placed_requests"], docs["placed_tokens"]) == (1, len(D2) + len(D1))
 
@@ -80,7 +76,7 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
     # with recovery (the default) only the first: D1 is recomputed at its true positions, its
     # tokens before the last 128 of the prompt are sparse FFN candidates in the deep half
     recovered, cached = generate(server, body([D2, D1]))
-    docs = stats(server)["documents"]
+    docs = server.redknot_stats()["documents"]
     assert cached == len(SYS) + len(D2)
     assert docs["placed_tokens"] == 2 * len(D2) + len(D1)
     candidates = len(SYS) + len(D2) + len(D1) + len(Q) - 128 - cached
@@ -90,13 +86,13 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
     plain, cached = generate(server, body([D2, D1], marks=False))
     assert cached == len(SYS)
     assert len(recovered) == len(plain) == 6
-    assert stats(server)["documents"]["ffn_skipped_token_layers"] == docs["ffn_skipped_token_layers"]
+    assert server.redknot_stats()["documents"]["ffn_skipped_token_layers"] == docs["ffn_skipped_token_layers"]
 
     # a new first document is computed and captured; without recovery the cached ones after it
     # are placed before the request's next chunk
-    placed = stats(server)["documents"]["placed_tokens"]
+    placed = server.redknot_stats()["documents"]["placed_tokens"]
     _, cached = generate(server, body([D3, D1, D2], recovery=False))
-    s = stats(server)
+    s = server.redknot_stats()
     assert cached == len(SYS) + len(D1) + len(D2)  # D3 computed, cut where D1 starts, D1 + D2 placed
     assert s["documents"]["captured_documents"] == 3
     assert s["documents"]["placed_tokens"] == placed + len(D1) + len(D2)
@@ -105,12 +101,12 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
 
 def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
     generate(server, body([D1, D2], salt="tenant-a"))  # its own capture: no document is placed
-    placed = stats(server)["documents"]["placed_tokens"]
+    placed = server.redknot_stats()["documents"]["placed_tokens"]
     _, cached = generate(server, body([D2, D1], recovery=False, salt="tenant-a"))
     assert cached == len(SYS) + len(D2) + len(D1)
     _, cached = generate(server, body([D2, D1], recovery=False, salt="tenant-b"))
     assert cached == 0  # tenant b shares neither the system prompt nor the documents
-    assert stats(server)["documents"]["placed_tokens"] == placed + len(D2) + len(D1)
+    assert server.redknot_stats()["documents"]["placed_tokens"] == placed + len(D2) + len(D1)
     bad = body([D1])
     bad["sampling_params"]["custom_params"]["redknot_recovery"] = "yes"
     r = server.post("/generate", bad)
@@ -121,16 +117,16 @@ def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server
     from redknot_sglang.integration.frontend import RedknotEndpoint
 
     d4, d5 = ([rng.randrange(100, 40000) for _ in range(n)] for n in (110, 70))
-    before = stats(server)["documents"]
+    before = server.redknot_stats()["documents"]
     r = server.post("/redknot/documents", {"documents": [{"input_ids": d4}, {"input_ids": d5}], "cache_salt": "pre"})
     assert r.status_code == 200, r.text
     assert [d["tokens"] for d in r.json()["stored"]] == [110, 70] and r.json()["canonical_prefix_tokens"] > 0
-    assert stats(server)["documents"]["captured_documents"] == before["captured_documents"] + 2
-    placed = stats(server)["documents"]["placed_tokens"]
+    assert server.redknot_stats()["documents"]["captured_documents"] == before["captured_documents"] + 2
+    placed = server.redknot_stats()["documents"]["placed_tokens"]
     generate(server, body([d5, d4], recovery=False, salt="pre"))  # first use, in a new order and offset
-    assert stats(server)["documents"]["placed_tokens"] == placed + len(d5) + len(d4)
+    assert server.redknot_stats()["documents"]["placed_tokens"] == placed + len(d5) + len(d4)
     generate(server, body([d5, d4], recovery=False, salt="other"))  # another tenant computes them
-    assert stats(server)["documents"]["placed_tokens"] == placed + len(d5) + len(d4)
+    assert server.redknot_stats()["documents"]["placed_tokens"] == placed + len(d5) + len(d4)
     stored = RedknotEndpoint(server.url).preload(["The red vault is guarded by a lion."], cache_salt="pre")
     assert stored["stored"][0]["tokens"] > 5
     for bad, message in (({"documents": [{"text": ""}]}, "empty document"),
@@ -140,12 +136,12 @@ def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server
         r = server.post("/redknot/documents", bad)
         assert r.status_code == 400 and message in r.text, (bad, r.text[:300])
     generate(server, body([D1]))  # the server goes on serving
-    assert_all_slots_back(stats(server))
+    assert_all_slots_back(server.redknot_stats())
 
 
 def test_store_counters_are_prometheus_metrics(server):
     generate(server, body([D2, D1], recovery=False))  # places both: the counters move
-    s = stats(server)["documents"]
+    s = server.redknot_stats()["documents"]
     text = requests.get(server.url + "/metrics", timeout=60).text
     values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("sglang:redknot_")}
@@ -156,6 +152,6 @@ def test_store_counters_are_prometheus_metrics(server):
 
 def test_flush_cache_empties_the_tree_and_the_document_store(server):
     assert server.post("/flush_cache", {}).status_code == 200
-    s = stats(server)
+    s = server.redknot_stats()
     assert s["full_available"] == s["full_size"] and s["swa_available"] == s["swa_size"]
     assert s["documents"]["documents"] == 0 and s["documents"]["device_bytes"] == 0

@@ -24,10 +24,6 @@ def _text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def _stats(server: Server) -> dict:
-    return requests.get(server.url + "/get_server_info", timeout=60).json()["internal_states"][0]["redknot"]
-
-
 def _marked(rng: random.Random, system: list[int], docs: list[list[int]]) -> dict:
     """A prompt of token ids: a system prompt, 2-4 documents in random order, a question; marked."""
     ids, spans = list(system), []
@@ -80,20 +76,20 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     prefixes = [f"System prompt {k}: " + _text(rng, 150) + " " for k in range(6)]
     docs = [[rng.randrange(100, 40000) for _ in range(n)] for n in (24, 60, 90, 120, 45, 150, 75, 30, 100)]
     with Server(smollm2, args) as server:
-        before = _stats(server)
+        before = server.redknot_stats()
         outcome: dict = {}
         t0 = time.monotonic()
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(lambda i: _one(server, i, prefixes, docs, outcome), range(N_REQUESTS)))
         elapsed = time.monotonic() - t0
         deadline = time.monotonic() + 60
-        while (s := _stats(server))["running_reqs"] or s["waiting_reqs"]:
+        while (s := server.redknot_stats())["running_reqs"] or s["waiting_reqs"]:
             assert time.monotonic() < deadline, s
             time.sleep(1)
-        busy = _stats(server)
+        busy = server.redknot_stats()
         assert requests.post(server.url + "/flush_cache", timeout=60).ok
         time.sleep(1)
-        after = _stats(server)
+        after = server.redknot_stats()
         answer = server.generate({"text": "The capital of France is",
                                   "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}})
     kinds = {k: sum(1 for v in outcome.values() if v == k) for k in set(outcome.values())}
