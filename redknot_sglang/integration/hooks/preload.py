@@ -10,7 +10,8 @@ Each document goes through the tokenizer manager as one request of its own: the 
 (:func:`canonical_prefix`), then the document, marked, one new token. The scheduler captures it as
 it captures any marked document the first time a request computes it, so the store holds the
 document as computed after the canonical prefix, whatever request asks for it later (canonical
-capture), under the tenant namespace of ``cache_salt``. Bad documents (empty, longer than
+capture), under the tenant namespace of ``cache_salt``; a document the store already holds is
+placed by its request and kept as stored. Bad documents (empty, longer than
 ``--redknot-max-document-tokens`` or the context) are answered with HTTP 400 naming the first bad
 one; the documents before it stay stored, and other requests go on.
 """
@@ -65,13 +66,12 @@ def _refused(index: int, why: str, stored: list[dict]) -> Any:
 
 async def preload(request: Request) -> Any:
     from fastapi.responses import ORJSONResponse
-    from pydantic import ValidationError
     from sglang.srt.entrypoints import http_server
     from sglang.srt.managers.io_struct import GenerateReqInput
 
     try:
         body = PreloadRequest.model_validate(await request.json())
-    except (ValidationError, ValueError) as e:
+    except ValueError as e:  # malformed JSON or schema (pydantic's ValidationError is a ValueError)
         return ORJSONResponse({"error": {"message": f"redknot documents: {e}"}}, status_code=400)
     manager = http_server._global_state.tokenizer_manager
     head = canonical_prefix(manager.tokenizer)
