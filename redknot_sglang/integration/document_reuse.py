@@ -133,6 +133,10 @@ class DocumentReuse:
     def namespace(self, req: Req) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
 
+    def counters(self) -> dict:
+        """Reuse and store counters, as ``/get_server_info`` and the Prometheus gauges show them."""
+        return {**self.stats, **self.store.stats()}
+
     def is_approximate(self, req: Req) -> bool:
         """Whether the request holds placed (relocated) KV, which never enters the radix tree."""
         state = self._requests.get(req.rid)

@@ -93,8 +93,9 @@ def profiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     """``query`` ``[B, Hq, T, D]`` at the last ``T`` of ``S`` positions (or at ``q_pos``, see
     :func:`_sdpa`), ``key``/``value`` ``[B, Hkv, S, D]``, row ``b`` under ``masks`` row ``b`` (None:
     dense) -> ``[B, Hq, T, D]``: one SDPA call per kind of head (global; local of a window and sink)
-    over the whole batch, each (row, head) taking its kind's output. No per-head mask and no gather of heads: a decode step costs a few kernels
-    per kind whatever the profiles (the GPU host, not the GPU, bounds the search)."""
+    over the whole batch, each (row, head) taking its kind's output. No per-head mask and no gather
+    of heads: a decode step costs a few kernels per kind whatever the profiles (the GPU host, not
+    the GPU, bounds the search)."""
     group = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(group, dim=1)
     v = value.repeat_interleave(group, dim=1)

@@ -72,13 +72,13 @@ def marks(extra: dict):
 def reuse_rows(server, asker: Asker, name: str, questions, warmup, dense, full, full_tokens, full_top) -> list[dict]:
     """Per reuse mode and bucket, the measured questions after the warm-up captured their documents."""
     rows = []
+    full_acc = {b: s.accuracy for b, s in bucket_scores(full, dense).items()}
     for mode, extra in REUSE_MODES.items():
         assert server.post("/flush_cache", {}).status_code == 200
         asker.ask(warmup, params_of=marks(extra))
         before = server.redknot_stats()["documents"]["placed_tokens"]
         got, _, _ = asker.ask(questions, full_tokens, full_top, params_of=marks(extra))
         placed = server.redknot_stats()["documents"]["placed_tokens"] - before
-        full_acc = {b: s.accuracy for b, s in bucket_scores(full, dense).items()}
         for bucket, s in bucket_scores(got, dense).items():
             if bucket != "all":
                 rows.append({"prompt_len": BUCKET_LENGTH[bucket], "profile": name, "mode": mode,

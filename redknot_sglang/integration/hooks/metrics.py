@@ -42,7 +42,7 @@ def report(result: Any, reporter: Any, *args: Any, **kwargs: Any) -> Any:
     reuse = getattr(reporter.scheduler.tree_cache, "document_reuse", None)
     if not reporter.enable_metrics or collector is None or reuse is None:
         return result
-    values = {**reuse.stats, **reuse.store.stats()}
+    values = reuse.counters()
     for key, gauge in _gauges_for(list(collector.labels)).items():
         gauge.labels(**collector.labels).set(values[key])
     return result

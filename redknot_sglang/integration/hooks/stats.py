@@ -37,7 +37,7 @@ def pool_stats(scheduler: Any) -> dict:
         stats.update(sink_blocks_used=len(sinks), sink_blocks_total=sinks.num_blocks)
     reuse = getattr(tree, "document_reuse", None)
     if reuse is not None:
-        stats["documents"] = {**reuse.stats, **reuse.store.stats()}
+        stats["documents"] = reuse.counters()
     return stats
 
 
