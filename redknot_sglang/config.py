@@ -38,6 +38,7 @@ class RedknotConfig:
     max_document_tokens: int = 16384
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
+    recompute_ratio: float = 0.1  # selective recompute of marked requests (reuse/recompute.py); 0: place only
     sparse_ffn_keep: float = 1.0  # 1 = off
     sparse_ffn_from_layer: Optional[int] = None  # None: half the served model's layers (resolved by config_from_args)
     chunk_window_checkpoints: bool = False
@@ -108,6 +109,16 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="Host memory (pinned on CUDA) that cold documents spill to before they are dropped.",
     )
     group.add_argument(
+        "--redknot-recompute-ratio",
+        type=float,
+        default=_default("recompute_ratio"),
+        help="Selective recompute of requests that mark documents: every cached document is placed, "
+        "then the request's own text, each document's first tokens and this fraction of the placed "
+        "tokens (those its question attends to most) are recomputed at their true positions; per "
+        "request custom_params.redknot_recompute_ratio. 0: place only (the segment store then keeps "
+        "local heads' sink and window only; > 0 keeps documents' local heads whole).",
+    )
+    group.add_argument(
         "--redknot-sparse-ffn-keep",
         type=float,
         default=_default("sparse_ffn_keep"),
@@ -152,6 +163,8 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         raise ConfigError(f"--redknot-max-document-tokens must be > 0, got {args.redknot_max_document_tokens}")
     if not 0 < args.redknot_sparse_ffn_keep <= 1:
         raise ConfigError(f"--redknot-sparse-ffn-keep must be in (0, 1], got {args.redknot_sparse_ffn_keep}")
+    if not 0 <= args.redknot_recompute_ratio <= 1:
+        raise ConfigError(f"--redknot-recompute-ratio must be in [0, 1], got {args.redknot_recompute_ratio}")
     if args.redknot_segment_store_gb < 0 or args.redknot_segment_host_gb < 0:
         raise ConfigError("--redknot-segment-store-gb and --redknot-segment-host-gb must be >= 0")
     return RedknotConfig(
@@ -163,6 +176,7 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         max_document_tokens=args.redknot_max_document_tokens,
         segment_store_gb=args.redknot_segment_store_gb,
         segment_host_gb=args.redknot_segment_host_gb,
+        recompute_ratio=args.redknot_recompute_ratio,
         sparse_ffn_keep=args.redknot_sparse_ffn_keep,
         sparse_ffn_from_layer=(args.redknot_sparse_ffn_from_layer if args.redknot_sparse_ffn_from_layer is not None
                                else served.num_layers // 2),

@@ -13,22 +13,29 @@ position in ``[S_max, lo)`` from any of its queries, so those (possibly freed) s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
 
 def local_keys(
-    k_win: torch.Tensor, v_win: torch.Tensor, k_sink: torch.Tensor, v_sink: torch.Tensor,
-    req_to_token: torch.Tensor, mapping: torch.Tensor,
+    k_win: torch.Tensor, v_win: torch.Tensor, k_sink: Optional[torch.Tensor], v_sink: Optional[torch.Tensor],
+    req_to_token: torch.Tensor, mapping: Optional[torch.Tensor],
     row: int, first_q: int, seq_len: int, max_window: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(positions, K, V) a request's local heads may read: ``[n_keys]``, ``[n_keys, Lh, D]`` x2."""
-    n_sink = min(k_sink.shape[1], seq_len)
-    lo = min(seq_len, max(k_sink.shape[1], first_q - max_window + 1))
+    """(positions, K, V) a request's local heads may read: ``[n_keys]``, ``[n_keys, Lh, D]`` x2.
+    Without ``mapping`` the slots of ``req_to_token`` index ``k_win``/``v_win`` themselves; without
+    a sink row every key comes from there."""
+    sink_rows = 0 if k_sink is None else k_sink.shape[1]
+    n_sink = min(sink_rows, seq_len)
+    lo = min(seq_len, max(sink_rows, first_q - max_window + 1))
     win_pos = torch.arange(lo, seq_len, device=k_win.device)
-    slots = mapping[req_to_token[row, lo:seq_len].long()]
+    slots = req_to_token[row, lo:seq_len].long()
+    if mapping is not None:
+        slots = mapping[slots]
+    if k_sink is None:
+        return win_pos, k_win[slots], v_win[slots]
     pos = torch.cat([torch.arange(n_sink, device=k_win.device), win_pos])
     return pos, torch.cat([k_sink[row, :n_sink], k_win[slots]]), torch.cat([v_sink[row, :n_sink], v_win[slots]])
 
@@ -43,19 +50,26 @@ def local_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Sequence[int], 
 
 def local_attention_torch(
     q: torch.Tensor, o: torch.Tensor,
-    k_win: torch.Tensor, v_win: torch.Tensor, k_sink: torch.Tensor, v_sink: torch.Tensor,
-    req_to_token: torch.Tensor, mapping: torch.Tensor,
+    k_win: torch.Tensor, v_win: torch.Tensor, k_sink: Optional[torch.Tensor], v_sink: Optional[torch.Tensor],
+    req_to_token: torch.Tensor, mapping: Optional[torch.Tensor],
     rows: Sequence[int], seq_lens: Sequence[int], q_lens: Sequence[int],
     window: Sequence[int], sink: Sequence[int], scale: float,
+    q_positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``q``/``o``: ``[tokens, Hq_local, D]``, tokens grouped by request in order; request ``b``
-    has ``q_lens[b]`` queries at positions ``[seq_lens[b] - q_lens[b], seq_lens[b])``."""
+    has ``q_lens[b]`` queries at positions ``[seq_lens[b] - q_lens[b], seq_lens[b])``, or at
+    ``q_positions`` (per query token, increasing within a request: a recompute set), attending
+    causally by position. Heads that read every key (global heads over the full slots): no
+    ``mapping``, no sink row, a window of at least the sequence."""
     group = q.shape[1] // k_win.shape[1]
     start = 0
     for row, seq_len, q_len in zip(rows, seq_lens, q_lens):
-        first = seq_len - q_len
-        k_pos, k, v = local_keys(k_win, v_win, k_sink, v_sink, req_to_token, mapping, row, first, seq_len, max(window))
-        q_pos = torch.arange(first, seq_len, device=q.device)
+        if q_positions is None:
+            q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
+        else:
+            q_pos = q_positions[start : start + q_len].to(q.device)
+        k_pos, k, v = local_keys(k_win, v_win, k_sink, v_sink, req_to_token, mapping, row, int(q_pos[0]), seq_len,
+                                 max(window))
         mask = local_mask(q_pos, k_pos, window, sink, group)
         out = scaled_dot_product_attention(
             q[start : start + q_len].movedim(0, 1).unsqueeze(0),

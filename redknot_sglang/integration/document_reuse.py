@@ -4,15 +4,30 @@ Two halves, one object, the same process (SGLang runs the model in the scheduler
 thread; GPU work is queued here and runs on the forward's stream):
 
 * scheduler side, called by :class:`~redknot_sglang.integration.head_split_cache.HeadSplitRadixCache`
-  and the admission hook: :meth:`place` gives an admitted request full slots for the cached
+  and the admission hooks: :meth:`place` gives an admitted request full slots for the cached
   documents right after its exact prefix (:mod:`redknot_sglang.reuse.placement`) and makes them
-  part of its prefix, so SGLang computes only the rest; :meth:`plan_batch` notes which tokens of
-  an extend batch belong to documents the store does not have yet, and which ones recovery
-  recomputes (the sparse FFN's candidates, :mod:`redknot_sglang.reuse.sparse_ffn`).
+  part of its prefix, so SGLang computes only the rest; :meth:`cut_point` says where an admitted
+  extend stops; :meth:`rewrite_batch` turns a selective request's last extend into its recompute
+  set; :meth:`plan_batch` notes which tokens of an extend batch belong to documents the store
+  does not have yet, which ones recovery recomputes (the sparse FFN's candidates,
+  :mod:`redknot_sglang.reuse.sparse_ffn`), and whose attention ranks the placed tokens.
 * forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
-  queued placements into the pool, :meth:`capture` copies each layer's new K/V of noted documents,
-  and after the last layer a complete document enters the store, turned back to position 0; the
-  hooks of :mod:`redknot_sglang.integration.hooks.sparse_ffn` ask :meth:`ffn_rows` in deep layers.
+  queued placements into the pool and fills the recompute sets' tokens, positions and slots,
+  :meth:`observe` sums the question's attention over placed KV, :meth:`capture` copies each
+  layer's new K/V of noted documents, and after the last layer a complete document enters the
+  store, turned back to position 0; the hooks of :mod:`redknot_sglang.integration.hooks.sparse_ffn`
+  ask :meth:`ffn_rows` in deep layers.
+
+Selective recompute (the default of a marked request, ratio ``R > 0``) takes two extends::
+
+    prompt:        [ exact ][ A placed ][ B placed ][ question ... last ]
+    admission:               placed (window slots for every placed position, the store's
+                             local heads are whole)
+    extend 1:                                       [ question ... ]      cut one token short;
+                             the question's rows (global heads) sum their attention per position
+    extend 2:      SGLang schedules the last token; rewritten to the recompute set
+                   (reuse/recompute.py) at its true positions: input ids, positions and slots
+                   filled on the forward's stream, both kinds of heads on position-causal kernels
 
 Who owns which slots::
 
@@ -36,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces, window_rows
+from redknot_sglang.reuse.recompute import RecomputeSet, attention_mass, pick, recompute_set
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
 from redknot_sglang.reuse.sparse_ffn import SparseFFN, candidate_range, ffn_rows
@@ -48,10 +64,8 @@ logger = logging.getLogger(__name__)
 
 # placed slots are allocated in chunks so that the window slots they take at once stay small
 _ALLOC_CHUNK = 4096
-
-
-def documents_of(req: Req) -> Optional[RequestDocuments]:
-    return RequestDocuments.of(getattr(req.sampling_params, "custom_params", None))
+# a selective request's question rows whose attention ranks the placed tokens (its last ones)
+QUESTION_ROWS = 512
 
 
 @dataclasses.dataclass
@@ -67,6 +81,11 @@ class RequestReuse:
 
     placed: int = 0  # placed (relocated) tokens in its prefix
     recovered_from: Optional[int] = None  # first prompt position recovery recomputes; None: no recovery
+    ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # placed prompt ranges
+    mass: Optional[torch.Tensor] = None  # selective: attention the question paid each position
+    selective: bool = False  # holds placed window slots until its recompute extend
+    awaiting: bool = False  # selective: extend 1 was cut at ``cut``, extend 2 (from there) recomputes
+    cut: int = 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,20 +117,54 @@ class SparseRows:
     kept: int
 
 
+@dataclasses.dataclass(frozen=True)
+class QuestionRows:
+    """Tokens ``[batch_offset, batch_offset + rows)`` of an extend batch, at positions from
+    ``first_position``, are a selective request's question: their attention over the request's
+    row of ``req_to_token`` (``seq_len`` positions) is summed into ``mass``."""
+
+    batch_offset: int
+    rows: int
+    first_position: int
+    req_row: int
+    seq_len: int
+    mass: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class RecomputeRun:
+    """Tokens ``[batch_offset, batch_offset + set.size)`` of an extend batch are a selective
+    request's recompute set, picked by ``mass`` on the forward's stream; ``ids``: the prompt."""
+
+    batch_offset: int
+    set: RecomputeSet
+    req_row: int
+    ids: torch.Tensor
+    mass: torch.Tensor
+
+
 @dataclasses.dataclass
 class ForwardPlan:
     """What the scheduler side hands to the next forward: placements to write, document tokens to
-    capture, sparse FFN rows (extend batches)."""
+    capture, sparse FFN rows, question rows to observe and recompute sets (extend batches)."""
 
     placements: list[_Placement] = dataclasses.field(default_factory=list)
     captures: list[CaptureRun] = dataclasses.field(default_factory=list)
     sparse: Optional[SparseRows] = None
+    questions: list[QuestionRows] = dataclasses.field(default_factory=list)
+    recomputes: list[RecomputeRun] = dataclasses.field(default_factory=list)
+
+    @property
+    def scattered(self) -> bool:
+        """Whether some queries of this forward sit at scattered positions (a recompute set)."""
+        return bool(self.recomputes)
 
 
 class DocumentReuse:
     def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, model_key: str,
-                 sparse_ffn: Optional[SparseFFN] = None):
+                 sparse_ffn: Optional[SparseFFN] = None, recompute_ratio: float = 0.0):
         self.store = store
+        self.recompute_ratio = recompute_ratio
         self.sparse_ffn = sparse_ffn
         self.pool = pool
         self.allocator = allocator
@@ -127,8 +180,16 @@ class DocumentReuse:
         self._now = ForwardPlan()  # forward side: the running forward's plan
         self._sparse_candidates = 0
         self._attn_norm: Optional[torch.Tensor] = None
-        self.stats = {"placed_requests": 0, "placed_tokens": 0, "document_hits": 0, "captured_documents": 0,
-                      "store_errors": 0, "ffn_skipped_token_layers": 0}
+        self.stats = {"placed_requests": 0, "placed_tokens": 0, "recomputed_tokens": 0, "document_hits": 0,
+                      "captured_documents": 0, "store_errors": 0, "ffn_skipped_token_layers": 0}
+
+    def documents(self, req: Req) -> Optional[RequestDocuments]:
+        """The request's marks and mode (None: unmarked)."""
+        return RequestDocuments.of(getattr(req.sampling_params, "custom_params", None), self.recompute_ratio)
+
+    def _selective(self, req: Req, docs: Optional[RequestDocuments]) -> bool:
+        """Whether the request recomputes a set after placement."""
+        return docs is not None and bool(docs.ratio)
 
     def namespace(self, req: Req) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
@@ -149,7 +210,7 @@ class DocumentReuse:
         grows by them). Undone by :meth:`unplace` if the request is not admitted."""
         if not next_chunk:
             self._requests.pop(req.rid, None)  # a new admission (or one after a retraction)
-        docs = documents_of(req)
+        docs = self.documents(req)
         exact = len(req.prefix_indices)
         if (docs is None or (next_chunk and docs.recovery) or exact == 0 or exact < self.sink
                 or self.allocator.page_size != 1):
@@ -161,7 +222,7 @@ class DocumentReuse:
         if not pieces:
             return False
         n = sum(p.length for p in pieces)
-        keep = min(n, self.window)
+        keep = n if self._selective(req, docs) else min(n, self.window)
         slots = self._alloc(n, keep, req, tree)
         if slots is None:
             return False
@@ -171,6 +232,8 @@ class DocumentReuse:
         req.prefix_indices = torch.cat([req.prefix_indices, slots.to(req.prefix_indices.dtype)])
         state = self._requests.setdefault(req.rid, RequestReuse())
         state.placed += n
+        state.ranges.append((exact, exact + n))
+        state.selective = keep == n and self._selective(req, docs)
         state.recovered_from = exact + n if docs.recovery else None
         return True
 
@@ -183,21 +246,82 @@ class DocumentReuse:
         req.prefix_indices = req.prefix_indices[: len(req.prefix_indices) - n]
         state = self._requests[req.rid]
         state.placed -= n
+        state.ranges.pop()
         if state.placed == 0:
             del self._requests[req.rid]
 
-    def next_run(self, req: Req, start: int, end: int) -> Optional[int]:
-        """Without recovery: where, inside the extend ``[start, end)``, a cached document follows
-        computed ones (the extend is then cut there, and the run is placed before the next chunk:
-        :meth:`place`); None if nowhere."""
-        docs = documents_of(req)
+    def cut_point(self, req: Req, start: int, end: int) -> Optional[int]:
+        """Without recovery, where an admitted extend ``[start, end)`` stops short, or None: where
+        a cached document follows computed ones (the run is placed before the next chunk:
+        :meth:`place`), or, for a selective request holding placed KV, one token before the
+        prompt's end or where its prompt logprobs start, if earlier (the rest's extend becomes the
+        recompute set, which ends with it: :meth:`rewrite_batch`)."""
+        docs = self.documents(req)
         if docs is None or docs.recovery or self.allocator.page_size != 1:
             return None
         ids, ns = req.origin_input_ids, self.namespace(req)
         for s, e in docs.spans:
             if start < s < end and e < len(ids) and self.store.contains(ns, ids[s:e]):
                 return s
+        state = self._requests.get(req.rid)
+        if state is not None and state.selective and end == len(ids):
+            cut = end - 1
+            if req.return_logprob and 0 <= req.logprob_start_len < cut:
+                cut = req.logprob_start_len
+            if cut > start and docs.spans[-1][1] <= cut:
+                state.awaiting, state.cut = True, cut
+                return cut
+            state.selective = False  # no question to rank the placed tokens by: place only
         return None
+
+    def holds_placed_windows(self, req: Req) -> bool:
+        """Whether the request's placed window slots must stay until its recompute extend."""
+        state = self._requests.get(req.rid)
+        return state is not None and state.selective
+
+    def rewrite_batch(self, batch: ScheduleBatch) -> None:
+        """After SGLang prepared an extend batch: a selective request whose extend is the rest of
+        its prompt after its cut extends its recompute set instead, which ends with that rest
+        (unmarked text, so its prompt logprobs keep their place at the end). The set's size is
+        known here; which placed tokens it holds is picked on the forward's stream
+        (:meth:`fill_recomputes`), so the batch gets placeholders of that size."""
+        before = list(batch.extend_lens)
+        runs, offset = [], 0
+        for i, req in enumerate(batch.reqs):
+            state = self._requests.get(req.rid)
+            seq = batch.prefix_lens[i] + before[i]
+            if (state is not None and state.awaiting and batch.prefix_lens[i] == state.cut
+                    and seq == len(req.origin_input_ids) and batch.prefill_input_ids_cpu is not None):
+                docs = self.documents(req)
+                rs = recompute_set(docs.spans, state.ranges, seq, docs.ratio)
+                dev = self.pool.device
+                rs = RecomputeSet(rs.fixed.to(dev), rs.candidates.to(dev), rs.picks)
+                ids = torch.tensor(req.origin_input_ids, dtype=batch.prefill_input_ids_cpu.dtype, device=dev)
+                mass = state.mass if state.mass is not None else torch.zeros(seq, device=dev)
+                runs.append(RecomputeRun(offset, rs, req.req_pool_idx, ids, mass))
+                batch.extend_lens[i], batch.prefix_lens[i] = rs.size, seq - rs.size
+                req.set_extend_range(seq - rs.size, seq)  # what SGLang's logprob output reads
+                batch.extend_logprob_start_lens[i] += rs.size - before[i]
+                state.awaiting, state.selective, state.mass = False, False, None
+                self.stats["recomputed_tokens"] += rs.size
+            offset += batch.extend_lens[i]
+        if not runs:
+            return
+        # token ids and slots: a placeholder run before each rewritten rest, filled on the forward side
+        ids, loc = batch.prefill_input_ids_cpu, batch.out_cache_loc
+        id_parts, loc_parts, o = [], [], 0
+        for old, new in zip(before, batch.extend_lens):
+            if new > old:
+                id_parts.append(ids.new_zeros(new - old))
+                loc_parts.append(loc.new_zeros(new - old))
+            id_parts.append(ids[o : o + old])
+            loc_parts.append(loc[o : o + old])
+            o += old
+        flat = torch.cat(id_parts)
+        batch.prefill_input_ids_cpu = flat.pin_memory() if ids.is_pinned() else flat
+        batch.out_cache_loc = torch.cat(loc_parts)
+        batch.extend_num_tokens = sum(batch.extend_lens)
+        self._next.recomputes = runs
 
     def _alloc(self, n: int, keep: int, req: Req, tree: BasePrefixCache) -> Optional[torch.Tensor]:
         """``n`` full slots whose last ``keep`` have window slots, evicting from the tree (the
@@ -228,12 +352,24 @@ class DocumentReuse:
         return torch.cat(parts)
 
     def plan_batch(self, batch: ScheduleBatch) -> None:
-        """After an extend batch has its slots: which of its tokens belong to documents to capture
-        (entries ``(capture, batch token offset, document offset, tokens)``), and which are
-        recomputed by recovery requests (sparse FFN candidates)."""
+        """After an extend batch has its slots (and :meth:`rewrite_batch`): which of its tokens
+        belong to documents to capture (entries ``(capture, batch token offset, document offset,
+        tokens)``), which are recomputed by recovery requests (sparse FFN candidates), and which
+        are a selective request's question, cut one token short."""
         self._next.sparse = self._plan_ffn(batch) if self.sparse_ffn is not None else None
-        runs, offset = [], 0
+        recomputed = {r.batch_offset for r in self._next.recomputes}
+        runs, questions, offset = [], [], 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
+            if offset in recomputed:
+                offset += ext
+                continue
+            state = self._requests.get(req.rid)
+            if state is not None and state.awaiting and pre + ext == state.cut:
+                # the question: the text after the last document, its last QUESTION_ROWS tokens
+                first = max(pre, self.documents(req).spans[-1][1], pre + ext - QUESTION_ROWS)
+                state.mass = torch.zeros(len(req.origin_input_ids), device=self.pool.device)
+                questions.append(QuestionRows(offset + first - pre, pre + ext - first, first, req.req_pool_idx,
+                                              pre + ext, state.mass))
             caps = self._captures.get(req.rid)
             if caps is None:
                 caps = self._captures[req.rid] = self._new_captures(req, pre)
@@ -243,6 +379,7 @@ class DocumentReuse:
                     runs.append(CaptureRun(cap, offset + a - pre, a - cap.span[0], b - a))
             offset += ext
         self._next.captures = runs
+        self._next.questions = questions
 
     def _plan_ffn(self, batch: ScheduleBatch) -> Optional[SparseRows]:
         mask = torch.zeros(sum(batch.extend_lens), dtype=torch.bool)
@@ -260,7 +397,7 @@ class DocumentReuse:
         return SparseRows(mask, self.sparse_ffn.kept(n)) if n else None
 
     def _new_captures(self, req: Req, prefix_len: int) -> list[_Capture]:
-        docs = documents_of(req)
+        docs = self.documents(req)
         if docs is None:
             return []
         ns, ids, out = self.namespace(req), req.origin_input_ids, []
@@ -289,18 +426,46 @@ class DocumentReuse:
     # ------------------------------------------------------------------ forward side
     def begin_forward(self, is_extend: bool) -> None:
         """Take the plan the scheduler side made for this forward: write its placements; an extend
-        forward also takes its capture runs and sparse FFN rows."""
+        forward also takes its capture runs, sparse FFN rows, question rows and recompute sets."""
         plan, self._next = self._next, ForwardPlan()
         plan.placements, self._placed = list(self._placed.values()), {}
         for pl in plan.placements:
             self._write(pl)
         if not is_extend:  # what was planned is for the extend forward still to come
-            self._next.captures, self._next.sparse = plan.captures, plan.sparse
-            plan.captures, plan.sparse = [], None
+            self._next = dataclasses.replace(plan, placements=[])
+            plan = ForwardPlan(placements=plan.placements)
         elif plan.sparse is not None:
             self._sparse_candidates = int(plan.sparse.candidates.sum())
             plan.sparse = SparseRows(plan.sparse.candidates.to(self.pool.device, non_blocking=True), plan.sparse.kept)
         self._now = plan
+
+    @property
+    def scattered(self) -> bool:
+        """Whether this forward's queries include recompute sets at scattered positions."""
+        return self._now.scattered
+
+    def fill_recomputes(self, input_ids: torch.Tensor, positions: torch.Tensor, out_cache_loc: torch.Tensor,
+                        req_to_token: torch.Tensor) -> None:
+        """Each recompute set of this forward: pick its placed tokens by the question's attention,
+        then write its token ids, true positions and slots (the placed entries it overwrites)
+        into the forward's placeholders. Runs on the forward's stream, after extend 1's forward."""
+        for run in self._now.recomputes:
+            pos = pick(run.mass, run.set)
+            span = slice(run.batch_offset, run.batch_offset + run.set.size)
+            input_ids[span] = run.ids[pos]
+            positions[span] = pos.to(positions.dtype)
+            out_cache_loc[span] = req_to_token[run.req_row, pos].to(out_cache_loc.dtype)
+
+    def observe(self, q_global: torch.Tensor, k_global: torch.Tensor, req_to_token: torch.Tensor,
+                scale: float) -> None:
+        """Sum the attention each selective request's question pays its positions in this layer:
+        ``q_global`` the batch's global query heads ``[tokens, Hq, D]``, ``k_global`` the layer's
+        global K buffer ``[slots, G, D]``."""
+        for run in self._now.questions:
+            q = q_global[run.batch_offset : run.batch_offset + run.rows]
+            k = k_global[req_to_token[run.req_row, : run.seq_len].long()]
+            q_pos = torch.arange(run.first_position, run.first_position + run.rows, device=q.device)
+            run.mass[: run.seq_len] += attention_mass(q, k, q_pos, scale)
 
     def sparse_ffn_layer(self, layer: int) -> bool:
         """Whether this forward's layer ``layer`` runs the FFN sparsely."""
@@ -346,7 +511,7 @@ class DocumentReuse:
                 pool.full_kv_pool.v[layer][slots] = v[:, c].to(dt)
             start += p.length
         ends = torch.cumsum(torch.tensor([p.length for p in pl.pieces]), 0).tolist()
-        for i, row, n in window_rows(pl.pieces, pl.keep, self.window):
+        for i, row, n in window_rows(pl.pieces, pl.keep, self.store.tail):
             p, kv = pl.pieces[i], kvs[i]
             win = pool.full_to_swa_index_mapping[pl.slots[ends[i] - n : ends[i]]]
             k = self._turn(kv.k_tail[row : row + n], p.delta)
@@ -392,9 +557,10 @@ class DocumentReuse:
         def buf(rows: int, heads: int) -> torch.Tensor:
             return torch.empty(rows, heads, d, dtype=dt, device=dev)
 
+        tail = min(n, self.store.tail)
         cap.kv = DocumentKV(k_global=buf(n, c.num_global), v_global=buf(n, c.num_global),
                             k_sink=buf(min(n, c.sink), c.num_local), v_sink=buf(min(n, c.sink), c.num_local),
-                            k_tail=buf(min(n, c.window), c.num_local), v_tail=buf(min(n, c.window), c.num_local))
+                            k_tail=buf(tail, c.num_local), v_tail=buf(tail, c.num_local))
         return cap.kv
 
     def _end_capture(self) -> None:

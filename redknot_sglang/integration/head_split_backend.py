@@ -12,6 +12,11 @@ returns the global heads' buffers) and called with a copy of the layer whose hea
 global group's; it keeps its metadata, CUDA-graph state and kernels. New K/V are stored once, here:
 global heads into full slots, local heads into window slots and (positions below the sink) into the
 request's sink row.
+
+An extend holding a selective request's recompute set (queries at scattered positions, see
+:mod:`redknot_sglang.integration.document_reuse`) runs both head classes on the position-causal
+SegPaged kernels instead (``full_extend`` over the full slots for the global heads); the extends
+before it report the question's attention over the global heads (``DocumentReuse.observe``).
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         self.sinks = [torch.tensor(lh.sink, dtype=torch.int32, device=self.device) for lh in layout.layers]
         self._global_layers: dict[int, Any] = {}
         self._extend_rows: Optional[torch.Tensor] = None
+        self._scattered = False  # this extend holds a recompute set at scattered positions
 
     # ------------------------------------------------------------------ metadata
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -117,6 +123,10 @@ class HeadSplitAttnBackend(AttentionBackend):
             if reuse.rope is None:
                 reuse.rope = RopeSpec.of(_rotary_of(self.model))
             reuse.begin_forward(forward_batch.forward_mode.is_extend())
+            if reuse.scattered:
+                reuse.fill_recomputes(forward_batch.input_ids, forward_batch.positions, forward_batch.out_cache_loc,
+                                      self.req_to_token_pool.req_to_token)
+        self._scattered = reuse is not None and reuse.scattered
         self.base.init_forward_metadata(forward_batch)
         if forward_batch.forward_mode.is_extend():
             self._extend_rows = torch.repeat_interleave(
@@ -179,6 +189,13 @@ class HeadSplitAttnBackend(AttentionBackend):
         q3 = q.view(-1, layer.tp_q_head_num, d)
         o = torch.empty_like(q3)
         ng = heads.num_global * group
+        reuse = self.token_to_kv_pool.document_reuse
+        if not decode and reuse is not None and heads.num_global:
+            reuse.observe(q3[:, :ng], self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+                          self.req_to_token_pool.req_to_token, layer.scaling)
+        if not decode and self._scattered:
+            self._by_position(q3, o, layer, forward_batch)
+            return o.view(q.shape[0], -1)
         if heads.num_global:
             base_fwd = self.base.forward_decode if decode else self.base.forward_extend
             kg = None if k is None else k[:, : heads.num_global]
@@ -190,6 +207,43 @@ class HeadSplitAttnBackend(AttentionBackend):
         if heads.num_local:
             self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode)
         return o.view(q.shape[0], -1)
+
+    def _by_position(self, q3: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> None:
+        """An extend holding a recompute set: every query attends causally by its position
+        (``forward_batch.positions``), global heads over the full slots, local heads over sink +
+        window; SGLang's base kernels assume one contiguous range per request."""
+        pool = self.token_to_kv_pool
+        lid = layer.layer_id
+        heads = self.layout.layers[lid]
+        ng = heads.num_global * (layer.tp_q_head_num // layer.tp_k_head_num)
+        r2t = self.req_to_token_pool.req_to_token
+        k_win, v_win, k_sink, v_sink = pool.local_buffers(lid)
+        full_k, full_v = pool.get_key_buffer(lid), pool.get_value_buffer(lid)
+        if self.local_impl == "triton":
+            from redknot_sglang.kernels import segpaged
+
+            pos = forward_batch.positions.to(torch.int32)
+            common = (r2t, forward_batch.req_pool_indices, forward_batch.seq_lens, forward_batch.extend_start_loc,
+                      forward_batch.extend_seq_lens, max(forward_batch.extend_seq_lens_cpu))
+            if heads.num_global:
+                window, sink = segpaged.full_window(heads.num_global, q3.device)
+                segpaged.full_extend(q3[:, :ng], o[:, :ng], full_k, full_v, *common, window, sink, layer.scaling,
+                                     q_positions=pos)
+            if heads.num_local:
+                segpaged.segpaged_extend(q3[:, ng:], o[:, ng:], k_win, v_win, k_sink, v_sink, r2t,
+                                         pool.full_to_swa_index_mapping, *common[1:], self.windows[lid],
+                                         self.sinks[lid], layer.scaling, q_positions=pos)
+            return
+        rows, seq_lens = forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist()
+        q_lens = forward_batch.extend_seq_lens.tolist()
+        if heads.num_global:
+            local_attention_torch(q3[:, :ng], o[:, :ng], full_k, full_v, None, None, r2t, None, rows, seq_lens,
+                                  q_lens, [max(seq_lens)] * heads.num_global, [0] * heads.num_global, layer.scaling,
+                                  q_positions=forward_batch.positions)
+        if heads.num_local:
+            local_attention_torch(q3[:, ng:], o[:, ng:], k_win, v_win, k_sink, v_sink, r2t,
+                                  pool.full_to_swa_index_mapping, rows, seq_lens, q_lens, heads.window, heads.sink,
+                                  layer.scaling, q_positions=forward_batch.positions)
 
     def _local(self, q: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch, decode: bool) -> None:
         pool = self.token_to_kv_pool

@@ -83,10 +83,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     def on_extend_allocated(self, batch: ScheduleBatch) -> None:
         """Give each request of a new extend batch its sink: computed by the batch itself (no
-        prefix), already in its row (a later chunk), or copied from the cache (a reused prefix);
-        note the batch's document tokens to capture."""
-        if self.document_reuse is not None:
-            self.document_reuse.plan_batch(batch)
+        prefix), already in its row (a later chunk), or copied from the cache (a reused prefix)."""
         if self.sinks.sink == 0:
             return
         for req, prefix_len in zip(batch.reqs, batch.prefix_lens):
@@ -124,8 +121,11 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         if self._approximate(req):
             # not inserted: the next chunk extends the request's own row; window slots that fell
             # out of the window are freed as SGLang frees them for a request it does not insert
+            # (after a selective request's recompute extend, not before)
             fill = len(req.get_fill_ids())
             req.prefix_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, :fill].to(torch.int64, copy=True)
+            if self.document_reuse.holds_placed_windows(req):  # its recompute extend reads them
+                return
             free_swa_out_of_window_slots(req, fill - 1, sliding_window_size=self.sliding_window_size,
                                          page_size=self.page_size, req_to_token_pool=self.req_to_token_pool,
                                          token_to_kv_pool_allocator=self.token_to_kv_pool_allocator)

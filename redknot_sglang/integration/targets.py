@@ -53,6 +53,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook(head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator, "AROUND"),
     Hook(head_split.BUILD_POOL, head_split.build_token_to_kv_pool, "AROUND"),
     Hook(head_split.ALLOC_EXTEND, head_split.alloc_for_extend, "AROUND"),
+    Hook(head_split.PREPARE_EXTEND, head_split.prepare_for_extend, "AROUND"),
 )
 
 _S = "sglang.srt."
@@ -105,8 +106,11 @@ RELIED: dict[str, tuple[str, ...]] = {
         "is_hybrid_swa", "rem_chunk_tokens", "rem_swa_token_offset", "running_batch", "tree_cache"),
     _S + "managers.schedule_batch.Req": (
         "rid", "origin_input_ids", "output_ids", "sampling_params", "extra_key", "req_pool_idx", "last_node",
-        "prefix_indices", "full_untruncated_fill_ids", "get_fill_ids", "extend_range", "set_extend_range"),
-    _S + "managers.schedule_batch.ScheduleBatch": ("reqs", "prefix_lens", "extend_lens", "tree_cache"),
+        "prefix_indices", "full_untruncated_fill_ids", "get_fill_ids", "extend_range", "set_extend_range",
+        "return_logprob", "logprob_start_len"),
+    _S + "managers.schedule_batch.ScheduleBatch": ("reqs", "prefix_lens", "extend_lens", "tree_cache",
+                                                   "prefill_input_ids_cpu", "out_cache_loc", "extend_num_tokens",
+                                                   "extend_logprob_start_lens"),
     _S + "managers.scheduler.Scheduler": ("token_to_kv_pool_allocator", "tree_cache",
                                          "req_to_token_pool", "running_batch", "waiting_queue"),
     _S + "managers.tokenizer_manager.TokenizerManager": ("server_args", "tokenizer", "generate_request"),
@@ -121,8 +125,8 @@ RELIED: dict[str, tuple[str, ...]] = {
     _S + "layers.attention.base_attn_backend.AttentionBackend": ("init_forward_metadata", "forward_extend",
                                                                 "forward_decode"),
     _S + "model_executor.forward_batch_info.ForwardBatch": (
-        "forward_mode", "positions", "out_cache_loc", "seq_lens", "req_pool_indices", "extend_seq_lens",
-        "extend_seq_lens_cpu", "extend_start_loc"),
+        "forward_mode", "positions", "input_ids", "out_cache_loc", "seq_lens", "req_pool_indices",
+        "extend_seq_lens", "extend_seq_lens_cpu", "extend_start_loc"),
     _S + "model_executor.model_runner.ModelRunner": ("model", "model_config", "server_args", "device",
                                                      "req_to_token_pool", "token_to_kv_pool",
                                                      "sliding_window_size"),

@@ -23,23 +23,36 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY
 
 
 @dataclasses.dataclass(frozen=True)
 class RequestDocuments:
-    """A request's document marks as the scheduler receives them (validated by the HTTP server)."""
+    """A request's document marks as the scheduler receives them (validated by the HTTP server).
+    ``ratio``: selective recompute of that fraction of the placed tokens (0: place only); None:
+    document-level recovery (``redknot_recovery: true``)."""
 
     spans: tuple[tuple[int, int], ...]
-    recovery: bool = True
+    ratio: Optional[float] = 0.0
+
+    @property
+    def recovery(self) -> bool:
+        return self.ratio is None
 
     @classmethod
-    def of(cls, custom_params: Any) -> Optional[RequestDocuments]:
+    def of(cls, custom_params: Any, default_ratio: float) -> Optional[RequestDocuments]:
         if not isinstance(custom_params, dict) or DOCUMENTS_KEY not in custom_params:
             return None
         flat = custom_params[DOCUMENTS_KEY]
         spans = tuple((int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2))
-        return cls(spans=spans, recovery=bool(custom_params.get(RECOVERY_KEY, True)))
+        recovery = custom_params.get(RECOVERY_KEY)
+        if recovery is True:
+            ratio = None
+        elif recovery is False:
+            ratio = 0.0
+        else:
+            ratio = float(custom_params.get(RATIO_KEY, default_ratio))
+        return cls(spans=spans, ratio=ratio)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +95,16 @@ def plan_pieces(spans: Sequence[tuple[int, int]], exact_len: int, prompt_len: in
     return pieces
 
 
-def window_rows(pieces: Sequence[Piece], keep: int, window: int) -> list[tuple[int, int, int]]:
-    """Where the last ``keep`` (<= ``window``) placed positions, the only ones local heads read,
-    come from: ``(piece index, first tail row, rows)``, last piece first. A document's tail holds
-    its last ``min(doc_len, window)`` positions, and every piece ends at its document's end."""
+def window_rows(pieces: Sequence[Piece], keep: int, tail: int) -> list[tuple[int, int, int]]:
+    """Where the last ``keep`` placed positions, those whose local heads' KV is written, come
+    from: ``(piece index, first tail row, rows)``, last piece first. A document's tail holds its
+    last ``min(doc_len, tail)`` positions, and every piece ends at its document's end."""
     out = []
     for i in range(len(pieces) - 1, -1, -1):
         if keep <= 0:
             break
         p = pieces[i]
         n = min(keep, p.length)
-        out.append((i, min(p.doc_len, window) - n, n))
+        out.append((i, min(p.doc_len, tail) - n, n))
         keep -= n
     return out

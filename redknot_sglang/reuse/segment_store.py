@@ -8,13 +8,15 @@ positions ``[0, n)``; a node covering document positions ``[a, b)`` holds::
     global heads, positions [a, b)          k_global/v_global  [b-a, G, D]  (shared by every
                                                                              document below)
     local heads, positions [a, b) ∩ [0, S)  k_sink/v_sink      [.., L, D]    (the sink)
-    local heads, the last W positions of    k_tail/v_tail      [min(n,W), L, D]  (on the node
+    local heads, the last T positions of    k_tail/v_tail      [min(n,T), L, D]  (on the node
       the document that ends at this node                                        where it ends)
 
 with ``G``/``L`` the rank's global/local heads of all layers side by side (layer ``l``'s slice is
 :meth:`HeadColumns.global_cols` / ``local_cols``), ``S`` the largest sink and ``W`` the largest
-window of the profile. Local heads never read further back than sink + window, so that is all a
-document keeps of them.
+window of the profile. ``T`` (``tail``) is ``W`` by default: local heads never read further back
+than sink + window, so placing a document needs no more of them. Selective recompute reads a
+recomputed token's window anywhere in a document, so its servers keep local heads whole
+(``tail`` = the longest document).
 
 Tiers and eviction. Node KV lives on the store's device within ``device_bytes``; the coldest nodes
 spill to host memory (pinned on CUDA) within ``host_bytes`` and come back on reuse. Coldness is
@@ -75,7 +77,7 @@ class DocumentKV:
     v_global: torch.Tensor
     k_sink: torch.Tensor  # [min(n, S), L, D]
     v_sink: torch.Tensor
-    k_tail: torch.Tensor  # [min(n, W), L, D]
+    k_tail: torch.Tensor  # [min(n, T), L, D]
     v_tail: torch.Tensor
 
     @property
@@ -124,8 +126,9 @@ class DocumentMatch:
 
 class SegmentStore:
     def __init__(self, layout: RankHeadLayout, *, head_dim: int, dtype: torch.dtype, device: str,
-                 device_bytes: int, host_bytes: int, max_document_tokens: int):
+                 device_bytes: int, host_bytes: int, max_document_tokens: int, tail: int | None = None):
         self.cols = HeadColumns(layout)
+        self.tail = self.cols.window if tail is None else tail
         self.head_dim, self.dtype, self.device = head_dim, dtype, torch.device(device)
         self.device_budget, self.host_budget = device_bytes, host_bytes
         self.max_document_tokens = max_document_tokens
@@ -219,14 +222,14 @@ class SegmentStore:
                              "tokens the segment store takes")
         c, d = self.cols, self.head_dim
         want = {"k_global": (n, c.num_global, d), "k_sink": (min(n, c.sink), c.num_local, d),
-                "k_tail": (min(n, c.window), c.num_local, d)}
+                "k_tail": (min(n, self.tail), c.num_local, d)}
         for part in _PARTS:
             t = getattr(kv, part)
             shape = want[part.replace("v_", "k_")]
             if tuple(t.shape) != shape:
                 raise StoreError(f"redknot: document KV {part} has shape {tuple(t.shape)}, expected {shape} "
                                  f"({n} tokens; {c.num_global} global / {c.num_local} local head-layers, "
-                                 f"sink {c.sink}, window {c.window}, head_dim {d})")
+                                 f"sink {c.sink}, tail {self.tail}, head_dim {d})")
 
     def _slices(self, kv: DocumentKV, a: int, b: int) -> dict[str, torch.Tensor]:
         out = {"k_global": kv.k_global[a:b], "v_global": kv.v_global[a:b]}

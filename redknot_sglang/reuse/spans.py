@@ -5,7 +5,9 @@ A request marks its documents in ``sampling_params.custom_params`` (native ``/ge
 
     "custom_params": {"redknot_documents": [[120, 1144], [1144, 2100]]}   # token ranges [start, end)
     "custom_params": {"redknot_documents": [{"text": "...doc one..."}, {"text": "...doc two..."}]}
-    "custom_params": {"redknot_documents": [...], "redknot_recovery": false}  # place every document
+    "custom_params": {"redknot_documents": [...], "redknot_recompute_ratio": 0.1}  # selective recompute
+    "custom_params": {"redknot_documents": [...], "redknot_recovery": false}  # place only (ratio 0)
+    "custom_params": {"redknot_documents": [...], "redknot_recovery": true}   # document-level recovery
 
 Text pieces are found in the prompt's token ids, in order (each after the previous span). The
 resolved token ranges replace the marks (as ``[[start, end], ...]``), so the scheduler receives
@@ -19,7 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 DOCUMENTS_KEY = "redknot_documents"
-RECOVERY_KEY = "redknot_recovery"  # optional, default true: recompute documents after the first
+RECOVERY_KEY = "redknot_recovery"  # optional: true = document-level recovery, false = place only
+RATIO_KEY = "redknot_recompute_ratio"  # optional: selective recompute's ratio (default: the server's flag)
 
 
 class SpanError(ValueError):

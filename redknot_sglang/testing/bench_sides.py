@@ -29,6 +29,19 @@ def bench_profile(model: Path, window: int, sink: int, directory: Path) -> Path:
     return path
 
 
+def bench_setup(cpu_smoke: bool, results: Path) -> tuple[Path, Path, Path]:
+    """(model, results folder, profile) of a two-sided benchmark: the Llama-3.1-8B shape with the
+    15% profile (window 1024, sink 64) into ``results``, or with ``cpu_smoke`` SmolLM2 at tiny sizes
+    into /tmp (it checks the procedure, not speed)."""
+    from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
+
+    model = smollm2_dir() if cpu_smoke else llama8b_dir()
+    results = Path("/tmp/redknot-bench-smoke") if cpu_smoke else results
+    results.mkdir(parents=True, exist_ok=True)
+    window, sink = (64, 4) if cpu_smoke else (1024, 64)
+    return model, results, bench_profile(model, window, sink, results)
+
+
 def side_flags(side: str, *, context_len: int, cpu_smoke: bool, mem_fraction_static: float, profile: Path) -> list[str]:
     """Server flags of one side: the same for both but the attention backend and cache (stock:
     FlashInfer on the GPU, torch_native on CPU; redknot: ours with ``profile``). On the GPU the model

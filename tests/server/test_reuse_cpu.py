@@ -1,7 +1,8 @@
 """Document reuse end to end on CPU: a SmolLM2 head-split server (15% global heads, window 64,
 sink 4, sparse FFN at keep 0.5) captures marked documents at first use and places them in later
-requests that put them in a new order, with and without recovery; only recovery requests' FFN is
-sparse; approximate KV never serves an unmarked request, other tenants never see a document, and
+requests that put them in a new order: placed only, with document-level recovery, and with
+selective recompute (the default; with every placed token recomputed it answers as the full
+prefill); only recovery requests' FFN is sparse; approximate KV never serves an unmarked request, other tenants never see a document, and
 every slot comes back. Documents preloaded over HTTP are placed at first use; the store's counters
 are Prometheus metrics."""
 
@@ -19,7 +20,7 @@ rng = random.Random(0)
 SYS, D1, D2, D3, Q = ([rng.randrange(100, 40000) for _ in range(n)] for n in (20, 150, 90, 120, 10))
 
 
-def body(docs, *, recovery=None, marks=True, salt=None):
+def body(docs, *, recovery=None, ratio=None, marks=True, salt=None, question=Q):
     ids, spans = list(SYS), []
     for d in docs:
         spans.append([len(ids), len(ids) + len(d)])
@@ -29,7 +30,9 @@ def body(docs, *, recovery=None, marks=True, salt=None):
         params["custom_params"] = {"redknot_documents": spans}
         if recovery is not None:
             params["custom_params"]["redknot_recovery"] = recovery
-    out = {"input_ids": ids + Q, "sampling_params": params}
+        if ratio is not None:
+            params["custom_params"]["redknot_recompute_ratio"] = ratio
+    out = {"input_ids": ids + question, "sampling_params": params}
     if salt is not None:
         out["extra_key"] = salt
     return out
@@ -73,9 +76,9 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
 
     assert docs["ffn_skipped_token_layers"] == 0  # nothing recomputed, nothing sparse
 
-    # with recovery (the default) only the first: D1 is recomputed at its true positions, its
-    # tokens before the last 128 of the prompt are sparse FFN candidates in the deep half
-    recovered, cached = generate(server, body([D2, D1]))
+    # with recovery only the first: D1 is recomputed at its true positions, its tokens before the
+    # last 128 of the prompt are sparse FFN candidates in the deep half
+    recovered, cached = generate(server, body([D2, D1], recovery=True))
     docs = server.redknot_stats()["documents"]
     assert cached == len(SYS) + len(D2)
     assert docs["placed_tokens"] == 2 * len(D2) + len(D1)
@@ -99,6 +102,44 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
     assert_all_slots_back(s)
 
 
+def test_selective_recompute_of_every_placed_token_answers_as_the_full_prefill(server):
+    q0, q2, q3 = ([base + i for i in range(12)] for base in (300, 500, 900))  # questions no request asked
+    d4, d5 = ([rng.randrange(100, 40000) for _ in range(n)] for n in (110, 80))  # documents no request holds
+    generate(server, body([D1], marks=False, question=q0))  # the system prompt is in the tree
+    r = server.post("/redknot/documents", {"documents": [{"input_ids": d4}, {"input_ids": d5}]})
+    assert r.status_code == 200, r.text
+    before = server.redknot_stats()["documents"]
+    every, cached = generate(server, body([d4, d5], ratio=1.0, question=q2))
+    s = server.redknot_stats()
+    assert cached == len(SYS) + len(d4) + len(d5)  # both placed ...
+    # ... then the question and every placed token recomputed at its true position, causal by position
+    assert s["documents"]["recomputed_tokens"] - before["recomputed_tokens"] == len(d4) + len(d5) + len(q2)
+    # the default ratio (0.1): the question, each document's first 8 tokens, 10% of the placed tokens
+    default, _ = generate(server, body([d4, d5], question=q3))
+    s = server.redknot_stats()
+    recomputed = s["documents"]["recomputed_tokens"] - before["recomputed_tokens"] - (len(d4) + len(d5) + len(q2))
+    assert recomputed == len(q3) + 2 * 8 + round(0.1 * (len(d4) + len(d5))) and len(default) == 6
+    assert s["documents"]["placed_tokens"] == before["placed_tokens"] + 2 * (len(d4) + len(d5))
+    # prompt logprobs of the question's last tokens (teacher forcing): the set ends with them
+    q4 = [700 + i for i in range(12)]
+
+    def prompt_logprobs(marked: bool) -> list[float]:
+        payload = body([d4, d5], ratio=1.0, marks=marked, question=q4)
+        payload.update(return_logprob=True, logprob_start_len=len(payload["input_ids"]) - 5, top_logprobs_num=1)
+        r = server.post("/generate", payload)
+        assert r.status_code == 200, r.text
+        return [lp for lp, _, _ in r.json()["meta_info"]["input_token_logprobs"][1:]]
+
+    marked_logprobs = prompt_logprobs(True)
+    assert server.redknot_stats()["documents"]["recomputed_tokens"] - before["recomputed_tokens"] == (
+        2 * (len(d4) + len(d5)) + len(q2) + len(q3) + len(q4) + 2 * 8 + round(0.1 * (len(d4) + len(d5))))
+    # the same prompts unmarked: exact KV only (approximate requests never entered the tree)
+    plain, _ = generate(server, body([d4, d5], marks=False, question=q2))
+    assert every == plain
+    assert len(marked_logprobs) == 4 and marked_logprobs == pytest.approx(prompt_logprobs(False), abs=1e-3)
+    assert_all_slots_back(server.redknot_stats())
+
+
 def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
     generate(server, body([D1, D2], salt="tenant-a"))  # its own capture: no document is placed
     placed = server.redknot_stats()["documents"]["placed_tokens"]
@@ -111,6 +152,9 @@ def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
     bad["sampling_params"]["custom_params"]["redknot_recovery"] = "yes"
     r = server.post("/generate", bad)
     assert r.status_code == 400 and "redknot_recovery must be true or false" in r.text
+    bad = body([D2, D1], ratio=1.5)
+    r = server.post("/generate", bad)
+    assert r.status_code == 400 and "redknot_recompute_ratio must be a number in [0, 1]" in r.text
 
 
 def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server):
@@ -145,7 +189,8 @@ def test_store_counters_are_prometheus_metrics(server):
     text = requests.get(server.url + "/metrics", timeout=60).text
     values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("sglang:redknot_")}
-    for key in ("documents", "device_bytes", "captured_documents", "document_hits", "placed_requests", "placed_tokens"):
+    for key in ("documents", "device_bytes", "captured_documents", "document_hits", "placed_requests", "placed_tokens",
+                "recomputed_tokens"):
         assert values[f"sglang:redknot_{key}"] == s[key], (key, values, s)
     assert s["document_hits"] > 0
 

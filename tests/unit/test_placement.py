@@ -40,13 +40,16 @@ def test_a_document_that_ends_the_prompt_is_computed():
 
 def test_window_rows_come_from_the_documents_tails_last_piece_first():
     pieces = plan_pieces(SPANS, 25, PROMPT, cached(*SPANS), recovery=False)  # A[15:30] + B[0:20]
-    assert window_rows(pieces, 16, window=16) == [(1, 0, 16)]  # B's tail is its last 16 rows
-    assert window_rows(pieces, 16, window=32) == [(1, 4, 16)]  # 20-row tail, the last 16
-    assert window_rows(pieces, 32, window=32) == [(1, 0, 20), (0, 18, 12)]  # A's 30-row tail, last 12
+    assert window_rows(pieces, 16, tail=16) == [(1, 0, 16)]  # B's tail is its last 16 rows
+    assert window_rows(pieces, 16, tail=32) == [(1, 4, 16)]  # 20-row tail, the last 16
+    assert window_rows(pieces, 32, tail=32) == [(1, 0, 20), (0, 18, 12)]  # A's 30-row tail, last 12
+    assert window_rows(pieces, 35, tail=64) == [(1, 0, 20), (0, 15, 15)]  # whole documents: every placed row
 
 
-def test_request_documents_read_the_scheduler_s_flat_spans_and_the_recovery_flag():
-    assert RequestDocuments.of(None) is None and RequestDocuments.of({"x": 1}) is None
-    docs = RequestDocuments.of({"redknot_documents": [1, 5, 7, 9], "redknot_recovery": False})
-    assert docs.spans == ((1, 5), (7, 9)) and docs.recovery is False
-    assert RequestDocuments.of({"redknot_documents": [1, 5]}).recovery is True
+def test_request_documents_read_the_scheduler_s_flat_spans_and_the_mode():
+    assert RequestDocuments.of(None, 0.2) is None and RequestDocuments.of({"x": 1}, 0.2) is None
+    docs = RequestDocuments.of({"redknot_documents": [1, 5, 7, 9], "redknot_recovery": False}, 0.2)
+    assert docs.spans == ((1, 5), (7, 9)) and docs.recovery is False and docs.ratio == 0
+    assert RequestDocuments.of({"redknot_documents": [1, 5], "redknot_recovery": True}, 0.2).recovery is True
+    assert RequestDocuments.of({"redknot_documents": [1, 5]}, 0.2).ratio == 0.2  # the server's default
+    assert RequestDocuments.of({"redknot_documents": [1, 5], "redknot_recompute_ratio": 0.5}, 0.2).ratio == 0.5

@@ -7,12 +7,14 @@ shrinks, and SGLang's budget sees the placed slots as already taken (they are al
 request is not admitted, the placement is undone, so a waiting request holds nothing.
 
 Without recovery, a cached document may also follow computed text: the admitted extend is then
-cut where it starts (:meth:`DocumentReuse.next_run`), which makes the request a chunked one, and
-the next chunk's admission places the run::
+cut where it starts (:meth:`DocumentReuse.cut_point`), which makes the request a chunked one, and
+the next chunk's admission places the run; a selective request's last extend is cut one token
+short, and its last token's round recomputes (:meth:`DocumentReuse.rewrite_batch`)::
 
-    prompt:   [ sys ][ A cached ][ B new ][ C cached ][ D cached ][ query ]
+    prompt:   [ sys ][ A cached ][ B new ][ C cached ][ D cached ][ query    ]
     round 1:         placed       computed | cut
-    round 2:                                 placed     placed      computed
+    round 2:                                 placed     placed      computed | cut (selective)
+    round 3:                                                                  last token -> recompute set
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _cut(adder: PrefillAdder, reuse: DocumentReuse, req: Req) -> bool:
     if adder.rem_chunk_tokens is None:  # chunked prefill off: no next chunk to place before
         return False
     start, end = req.extend_range.start, req.extend_range.end
-    at = reuse.next_run(req, start, end)
+    at = reuse.cut_point(req, start, end)
     if at is None:
         return False
     req.set_extend_range(start, at)

@@ -9,7 +9,10 @@ RedKnot server one of them, with the split made by head instead of by layer:
 * ``create_memory_pool_configurator``: size the pools with :class:`HeadSplitPoolConfigurator`;
 * ``KVCacheConfigurator._build_token_to_kv_pool``: build :class:`HeadSplitKVPool`;
 * ``alloc_for_extend``: once a batch has its rows, copy cached sinks into the rows of requests that
-  reuse a prefix (:meth:`HeadSplitRadixCache.on_extend_allocated`).
+  reuse a prefix (:meth:`HeadSplitRadixCache.on_extend_allocated`);
+* ``ScheduleBatch.prepare_for_extend``: once an extend batch is prepared, document reuse rewrites
+  selective requests' last token into their recompute sets and plans the batch's captures
+  (:meth:`DocumentReuse.rewrite_batch`, :meth:`DocumentReuse.plan_batch`).
 
 Each hook does nothing unless the server runs ``--attention-backend redknot`` with local heads.
 """
@@ -24,6 +27,7 @@ MODEL_CONFIG = "sglang.srt.configs.model_config.ModelConfig.from_server_args"
 POOL_CONFIGURATOR = "sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator"
 BUILD_POOL = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_token_to_kv_pool"
 ALLOC_EXTEND = "sglang.srt.mem_cache.allocation.alloc_for_extend"
+PREPARE_EXTEND = "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend"
 
 
 def head_split_config(server_args: Any) -> Optional[RedknotConfig]:
@@ -105,4 +109,13 @@ def alloc_for_extend(original: Callable[[Any], Any], batch: Any) -> Any:
     hook = getattr(batch.tree_cache, "on_extend_allocated", None)
     if hook is not None:
         hook(batch)
+    return result
+
+
+def prepare_for_extend(original: Callable[[Any], Any], batch: Any) -> Any:
+    result = original(batch)
+    reuse = getattr(batch.tree_cache, "document_reuse", None)
+    if reuse is not None:
+        reuse.rewrite_batch(batch)
+        reuse.plan_batch(batch)
     return result

@@ -24,6 +24,7 @@ GAUGES = {
     "document_hits": "cached documents placed into requests so far",
     "placed_requests": "requests that got documents placed so far",
     "placed_tokens": "document tokens placed (not computed) so far",
+    "recomputed_tokens": "tokens recomputed by selective recompute so far",
 }
 _gauges: dict[str, Any] = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from redknot_sglang.config import ATTR, BACKEND_NAME
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY, SpanError, resolve_spans
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY, SpanError, resolve_spans
 
 TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 
@@ -28,6 +28,15 @@ def validate_documents(result: Any, manager: Any, obj: Any, input_ids: Any, *arg
         raise SpanError(f"{DOCUMENTS_KEY} needs a prompt (text or input_ids)")
     if not isinstance(params.get(RECOVERY_KEY, True), bool):
         raise SpanError(f"{RECOVERY_KEY} must be true or false, got {params[RECOVERY_KEY]!r:.40}")
+    if RATIO_KEY in params:
+        ratio = params[RATIO_KEY]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+            raise SpanError(f"{RATIO_KEY} must be a number in [0, 1], got {ratio!r:.40}")
+        if RECOVERY_KEY in params:
+            raise SpanError(f"give {RATIO_KEY} or {RECOVERY_KEY}, not both")
+        if ratio > 0 and cfg.recompute_ratio == 0:
+            raise SpanError(f"{RATIO_KEY} > 0 needs a server started with --redknot-recompute-ratio > 0 "
+                            "(its segment store then keeps documents' local heads whole)")
 
     def encode(text: str) -> list[int]:
         return manager.tokenizer.encode(text, add_special_tokens=False)
