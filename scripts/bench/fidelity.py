@@ -8,8 +8,10 @@ teacher-forced top-1 agreement over dense's answer tokens, first-token similarit
 local fraction, window and KV bytes ratio at that length. The stock server's agreement with its own
 greedy answers (teacher forcing runs as one prefill, greedy as decode steps) is the noise floor.
 
-``--reuse``: document reuse on the same redknot server, per mode (``recovery``: the server's
-default for marked documents; ``placed``: ``redknot_recovery`` false, every cached document placed).
+``--reuse``: document reuse on the same redknot server, per mode (``--reuse-modes``: ``placed``,
+``redknot_recovery`` false, every cached document placed; ``recovery``, the first placed and the
+rest recomputed; ``selective-R``, every cached document placed and the question, each document's
+first tokens and a fraction ``R`` of the placed tokens recomputed).
 Each mode starts from an empty cache, answers the "warmup" stream of other questions over the same
 documents with its marks (documents captured in other orders and offsets), then the measured
 questions with their marks: accuracy next to dense's and the head split's full prefill, agreement
@@ -27,6 +29,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from redknot_sglang.fidelity.docqa import BUCKET_LENGTH, BUCKETS, DocQA
@@ -34,7 +37,7 @@ from redknot_sglang.fidelity.server import Asker, server_flags
 from redknot_sglang.fidelity.summary import bucket_scores
 from redknot_sglang.heads.profile import HeadProfile
 from redknot_sglang.profile.search import kv_ratio
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
+from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY
 from redknot_sglang.testing.bench_sides import device_name
 from redknot_sglang.testing.models import smollm2_dir
 from redknot_sglang.testing.server import Server
@@ -61,7 +64,15 @@ def rows_for(name: str, profile: HeadProfile, answers, dense, questions) -> list
     return rows
 
 
-REUSE_MODES = {"recovery": {}, "placed": {RECOVERY_KEY: False}}
+def reuse_mode(name: str) -> dict:
+    """``custom_params`` of a reuse mode: ``placed``, ``recovery`` or ``selective-R``."""
+    if name == "placed":
+        return {RECOVERY_KEY: False}
+    if name == "recovery":
+        return {RECOVERY_KEY: True}
+    if name.startswith("selective-"):
+        return {RATIO_KEY: float(name.removeprefix("selective-"))}
+    raise ValueError(f"unknown reuse mode {name!r}")
 
 
 def marks(extra: dict):
@@ -69,24 +80,31 @@ def marks(extra: dict):
     return lambda q: {"custom_params": {DOCUMENTS_KEY: [list(span) for span in q.doc_spans], **extra}}
 
 
-def reuse_rows(server, asker: Asker, name: str, questions, warmup, dense, full, full_tokens, full_top) -> list[dict]:
-    """Per reuse mode and bucket, the measured questions after the warm-up captured their documents."""
-    rows = []
+def reuse_rows(server, asker: Asker, name: str, modes: list[str], questions, warmup, dense, full, full_tokens,
+               full_top) -> Iterator[list[dict]]:
+    """Per reuse mode (one list each, as it is measured) and bucket, the measured questions after
+    the warm-up captured their documents."""
     full_acc = {b: s.accuracy for b, s in bucket_scores(full, dense).items()}
-    for mode, extra in REUSE_MODES.items():
+    for mode in modes:
+        rows = []
+        extra = reuse_mode(mode)
         assert server.post("/flush_cache", {}).status_code == 200
         asker.ask(warmup, params_of=marks(extra))
-        before = server.redknot_stats()["documents"]["placed_tokens"]
+        before = server.redknot_stats()["documents"]
         got, _, _ = asker.ask(questions, full_tokens, full_top, params_of=marks(extra))
-        placed = server.redknot_stats()["documents"]["placed_tokens"] - before
+        after = server.redknot_stats()["documents"]
+        prompt_tokens = 2 * sum(len(q.ids) for q in questions)  # greedy and teacher-forced requests both reuse
         for bucket, s in bucket_scores(got, dense).items():
             if bucket != "all":
                 rows.append({"prompt_len": BUCKET_LENGTH[bucket], "profile": name, "mode": mode,
                              "dense_accuracy": s.dense_accuracy, "headsplit_accuracy": full_acc[bucket],
                              "accuracy": s.accuracy, "top1_agreement_vs_full_prefill": s.top1_agreement,
                              "first_token_cosine_vs_full_prefill": s.cosine, "n_questions": s.n})
-        rows.append({"mode": mode, "profile": name, "placed_fraction": round(placed / sum(len(q.ids) for q in questions), 4)})
-    return rows
+        rows.append({"mode": mode, "profile": name,
+                     "placed_fraction": round((after["placed_tokens"] - before["placed_tokens"]) / prompt_tokens, 4),
+                     "recomputed_fraction": round((after["recomputed_tokens"] - before["recomputed_tokens"])
+                                                  / prompt_tokens, 4)})
+        yield rows
 
 
 def main() -> None:
@@ -99,6 +117,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--cpu", action="store_true", help="CPU servers (torch_native), one request at a time")
     ap.add_argument("--reuse", action="store_true", help="also document reuse modes on each redknot server")
+    ap.add_argument("--reuse-modes", type=lambda s: s.split(","),
+                    default=["placed", "selective-0.05", "selective-0.1", "selective-0.2", "selective-0.4"])
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
     args = ap.parse_args()
@@ -119,6 +139,16 @@ def main() -> None:
         if b != "all":
             noise.append({"prompt_len": BUCKET_LENGTH[b], "dense_accuracy": s.accuracy,
                           "dense_self_top1_agreement": s.top1_agreement, "n_questions": s.n})
+    out = {"device": device_name() if not args.cpu else "cpu", "model": "SmolLM2-135M-Instruct (bf16)",
+           "benchmark": f"docqa {args.split} split, greedy, {args.new_tokens} new tokens",
+           "servers": {"stock": stock_flags, "redknot": ours_flags}, "dense_noise_floor": noise, "results": results}
+
+    def save() -> None:  # after every step: a run stopped by the device's time limit keeps what it measured
+        if reuse:
+            out["reuse"] = reuse
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
     for name in args.profiles.split(","):
         profile = HeadProfile.load(name)
         t1 = time.monotonic()
@@ -127,18 +157,16 @@ def main() -> None:
                     log_path=args.log_dir / f"fidelity-{Path(name).stem}.log") as s:
             asker = Asker(s, tokenizer, args.new_tokens, concurrency)
             ours, _, _ = asker.ask(questions, ref_tokens, ref_top)
+            results += rows_for(label, profile, ours, dense, questions)
+            save()
             if args.reuse:
                 _, full_tokens, full_top = asker.ask(questions)  # the same server's full prefill as reference
-                reuse += reuse_rows(s, asker, label, questions, warmup, dense, ours, full_tokens, full_top)
+                for rows in reuse_rows(s, asker, label, args.reuse_modes, questions, warmup, dense, ours,
+                                       full_tokens, full_top):
+                    reuse += rows
+                    save()
+                    print(f"{label} {rows[-1]['mode']}: {time.monotonic() - t1:.0f} s", flush=True)
         print(f"{name}: {time.monotonic() - t1:.0f} s")
-        results += rows_for(label, profile, ours, dense, questions)
-    out = {"device": device_name() if not args.cpu else "cpu", "model": "SmolLM2-135M-Instruct (bf16)",
-           "benchmark": f"docqa {args.split} split, greedy, {args.new_tokens} new tokens",
-           "servers": {"stock": stock_flags, "redknot": ours_flags}, "dense_noise_floor": noise, "results": results}
-    if reuse:
-        out["reuse"] = reuse
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{'profile':>28} {'len':>5} {'kv':>6} {'dense':>6} {'ours':>6} {'top1':>7} {'cos':>7} {'n':>4}")
     for r in results:
         print(f"{r['profile'][-28:]:>28} {r['prompt_len']:>5} {r['kv_ratio']:>6.3f} {r['dense_accuracy']:>6.3f} "
@@ -149,7 +177,8 @@ def main() -> None:
                   f"{r['accuracy']:>6.3f} {r['top1_agreement_vs_full_prefill']:>7.4f} (vs its full prefill, "
                   f"accuracy {r['headsplit_accuracy']:.3f})")
         else:
-            print(f"{r['profile'][-18:] + ' ' + r['mode']:>28} prompt tokens placed: {r['placed_fraction']:.1%}")
+            print(f"{r['profile'][-18:] + ' ' + r['mode']:>28} prompt tokens placed: {r['placed_fraction']:.1%}, "
+                  f"recomputed: {r['recomputed_fraction']:.1%}")
     for r in noise:
         print(f"{'stock vs its own greedy':>28} {r['prompt_len']:>5} {'1.000':>6} {r['dense_accuracy']:>6.3f} "
               f"{'':>6} {r['dense_self_top1_agreement']:>7.4f}")

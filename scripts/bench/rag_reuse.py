@@ -10,9 +10,10 @@ streamed, and TTFT is the time to the first streamed token; the streaming client
 ``requests`` one (SGLang's bench_serving client needs aiohttp, which the GPU lane does not carry).
 
 Sides: ``stock``, and ``redknot`` (marks sent), which runs each workload twice on one server: with
-recovery (the default: the first document after the system prompt is placed from the segment
-store, later ones are recomputed at their true positions) and without (``redknot_recovery: false``:
-every cached document is placed). ``/flush_cache`` empties the tree and the store before
+document-level recovery (``redknot_recovery: true``: the first document after the system prompt is
+placed from the segment store, later ones are recomputed at their true positions) and without
+(``redknot_recovery: false``: every cached document is placed). Selective recompute, the default
+mode, is measured by ``reuse_frontier.py``. ``/flush_cache`` empties the tree and the store before
 each run, so each starts cold and documents enter the store at their first use. The server's reuse
 counters (placed tokens, captured documents) are recorded with each run. ``--side`` runs one side
 per device call (the partial file carries the other, see
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,54 +32,16 @@ from pathlib import Path
 
 import requests
 
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
-from redknot_sglang.testing.bench_sides import SIDES, SidesFile, bench_profile, device_name, side_flags
-from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
+from redknot_sglang.reuse.spans import RECOVERY_KEY
+from redknot_sglang.testing.rag import reuse_counters, ttft, workload
+from redknot_sglang.testing.bench_sides import SIDES, SidesFile, bench_setup, device_name, side_flags
 from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
-def workload(context_len: int, reuse_rate: float, args: argparse.Namespace, vocab: int) -> list[dict]:
-    """``args.requests`` prompts as token ids with their document ranges."""
-    rng = random.Random(f"{context_len}-{reuse_rate}")
-    tokens = lambda n: [rng.randrange(100, vocab - 100) for _ in range(n)]
-    doc_len = (context_len - args.sys_len - args.q_len) // args.k
-    system, seen, out = tokens(args.sys_len), [], []
-    for _ in range(args.requests):
-        docs = [rng.choice(seen) if seen and rng.random() < reuse_rate else tokens(doc_len) for _ in range(args.k)]
-        seen.extend(d for d in docs if d not in seen)
-        ids, spans = list(system), []
-        for d in docs:
-            spans.append([len(ids), len(ids) + len(d)])
-            ids.extend(d)
-        out.append({"input_ids": ids + tokens(args.q_len), "spans": spans})
-    return out
-
-
-MODES = {"stock": {"stock": None}, "redknot": {"redknot": True, "norecovery": False}}  # side -> mode -> recovery
-
-
-def ttft(url: str, req: dict, max_new: int, recovery: bool | None) -> float:
-    params = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
-    if recovery is not None:
-        params["custom_params"] = {DOCUMENTS_KEY: req["spans"], RECOVERY_KEY: recovery}
-    t0 = time.perf_counter()
-    with requests.post(url + "/generate", json={"input_ids": req["input_ids"], "sampling_params": params,
-                                                 "stream": True}, stream=True, timeout=3600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                first = time.perf_counter() - t0
-                for _ in r.iter_lines():  # drain: the request ends before the next one is timed
-                    pass
-                return first
-    raise RuntimeError("the stream ended without a token")
-
-
-def reuse_counters(url: str) -> dict:
-    state = requests.get(url + "/get_server_info", timeout=60).json()["internal_states"][0]
-    return state.get("redknot", {}).get("documents", {})
+# side -> mode -> custom_params besides the spans (None: unmarked)
+MODES = {"stock": {"stock": None}, "redknot": {"redknot": {RECOVERY_KEY: True}, "norecovery": {RECOVERY_KEY: False}}}
 
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
@@ -92,13 +54,14 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
     with Server(model, flags, log_path=Path(args.log_dir) / f"rag_{side}.log", timeout_s=900) as server:
         for ctx in args.contexts:
             for rate in args.reuse_rates:
-                reqs = workload(ctx, rate, args, vocab)
-                for mode, recovery in MODES[side].items():
+                reqs = workload(f"{ctx}-{rate}", args.requests, context_len=ctx, k=args.k, sys_len=args.sys_len,
+                                q_len=args.q_len, reuse_rate=rate, vocab=vocab)
+                for mode, custom in MODES[side].items():
                     requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
                     before = reuse_counters(server.url)
                     t0 = time.perf_counter()
                     with ThreadPoolExecutor(args.concurrency) as pool:
-                        times = sorted(pool.map(lambda q: ttft(server.url, q, args.max_new, recovery), reqs))
+                        times = sorted(pool.map(lambda q: ttft(server.url, q, args.max_new, custom), reqs))
                     wall = time.perf_counter() - t0
                     after = reuse_counters(server.url)
                     row = {"ttft_p50_s": round(statistics.median(times), 4),
@@ -128,11 +91,7 @@ def main() -> None:
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
     args = ap.parse_args()
-    model = smollm2_dir() if args.cpu_smoke else llama8b_dir()
-    results = Path("/tmp/redknot-bench-smoke") if args.cpu_smoke else RESULTS
-    results.mkdir(parents=True, exist_ok=True)
-    window, sink = (64, 4) if args.cpu_smoke else (1024, 64)
-    profile = bench_profile(model, window, sink, results)
+    model, results, profile = bench_setup(args.cpu_smoke, RESULTS)
     partial = SidesFile(results / "_partial_rag_reuse.json")
     for side in SIDES if args.side == "both" else (args.side,):
         run_side(side, args, model, profile, partial)

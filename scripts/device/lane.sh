@@ -3,7 +3,9 @@
 #   setup        install carried wheels + this project, unpack carried models (scripts/device/setup.sh)
 #   tests        pytest -m gpu, kernel tests only (no servers)
 #   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
-#   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, global_decode_splits, rag_reuse --side S)
+#   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, global_decode_splits, fidelity, reuse_frontier
+#                --side S), stopped after $LANE_SERVING_S (540) seconds; its JSON, plot, partial file and
+#                server logs to $OUT
 #   profile ARGS python -m redknot_sglang.profile on SmolLM2 into /tmp/prof (work folder kept: a second
 #                call resumes; a carried .gpu/prof-work, an earlier machine's $OUT/work, seeds it),
 #                stopped after $LANE_SERVING_S seconds; the profile, pictures and work folder to $OUT
@@ -29,9 +31,14 @@ for step in "$@"; do
            | grep -vE "^\s*$" | tee "$OUT/e2e.txt" | tail -40 || rc=1
          tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
     bench) bench=$1; shift
-           python3 "scripts/bench/$bench.py" "$@" || rc=1
-           # a one-side run (--side) leaves its partial file for the next call instead of the JSON
-           cp "bench/results/$bench.json" "bench/results/_partial_$bench.json" "$OUT/" 2>/dev/null ;;
+           touch /tmp/bench-start
+           timeout -s TERM "${LANE_SERVING_S:-540}" python3 "scripts/bench/$bench.py" "$@" || rc=1
+           # what the run wrote (a one-side run leaves its partial file for the next call instead of
+           # the JSON); never the checkout's older copies, which would overwrite an --out under $OUT
+           for f in "bench/results/$bench.json" "bench/results/$bench.png" "bench/results/_partial_$bench.json"; do
+             [ "$f" -nt /tmp/bench-start ] && cp "$f" "$OUT/"; done
+           for f in /tmp/frontier_*.log /tmp/fidelity-*.log /tmp/rag_*.log; do
+             [ -f "$f" ] && tail -c 2000000 "$f" | gzip > "$OUT/$(basename "$f").gz"; done ;;
     profile) mkdir -p /tmp/prof/work
              [ -d .gpu/prof-work ] && cp -n .gpu/prof-work/* /tmp/prof/work/
              TQDM_MININTERVAL=30 timeout -s TERM "${LANE_SERVING_S:-540}" python3 -m redknot_sglang.profile \
