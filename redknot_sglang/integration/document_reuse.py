@@ -264,7 +264,7 @@ class DocumentReuse:
             if start < s < end and e < len(ids) and self.store.contains(ns, ids[s:e]):
                 return s
         state = self._requests.get(req.rid)
-        if state is not None and state.selective and end == len(ids):
+        if state is not None and state.selective and not state.awaiting and end == len(ids):
             cut = end - 1
             if req.return_logprob and 0 <= req.logprob_start_len < cut:
                 cut = req.logprob_start_len

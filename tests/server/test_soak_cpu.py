@@ -1,7 +1,7 @@
 """Soak on CPU: 1,000 mixed requests through a head-split server (small windows, tight pools so
 the window slides, the tree tombstones and evicts, and admission waits), with shared prefixes,
-marked documents in random orders (captured, placed with and without recovery, sparse FFN) and
-aborts mid-prefill and mid-decode. Afterwards every slot of both pools and every request row must
+marked documents in random orders (captured, placed: selective recompute, place only, recovery with
+sparse FFN) and aborts mid-prefill and mid-decode. Afterwards every slot of both pools and every request row must
 be free (the allocators' counts, read from /get_server_info), and the server still answers."""
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def _marked(rng: random.Random, system: list[int], docs: list[list[int]]) -> dic
     for d in rng.sample(docs, rng.randint(2, 4)):
         spans.append([len(ids), len(ids) + len(d)])
         ids += d
-    params = {"redknot_documents": spans, "redknot_recovery": rng.random() < 0.5}
+    params = {"redknot_documents": spans}
+    mode = rng.random()  # selective recompute (the default), place only, recovery: a third each
+    if mode < 2 / 3:
+        params["redknot_recovery"] = mode < 1 / 3
     return {"input_ids": ids + [rng.randrange(100, 40000) for _ in range(8)], "custom_params": params}
 
 

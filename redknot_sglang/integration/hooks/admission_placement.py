@@ -68,8 +68,12 @@ def place_chunk(original: Callable[..., Any], adder: PrefillAdder, req: Req, *ar
         return original(adder, req, *args, **kwargs)
     placed = reuse.place(req, adder.tree_cache, next_chunk=True)
     result = original(adder, req, *args, **kwargs)
-    if req not in adder.can_run_list:
+    if req not in adder.can_run_list:  # no room for its next chunk this round
         if placed:
             reuse.unplace(req)
+        # the placement's eviction may have made room that SGLang's budget sees: spend the round's
+        # chunk budget, as when the chunked request is not admitted without a placement, so that
+        # no new request is chunked while this one waits (SGLang keeps one chunked request)
+        adder.rem_chunk_tokens = 0
         return result
     return req if _cut(adder, reuse, req) else result
