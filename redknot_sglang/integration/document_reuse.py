@@ -187,10 +187,6 @@ class DocumentReuse:
         """The request's marks and mode (None: unmarked)."""
         return RequestDocuments.of(getattr(req.sampling_params, "custom_params", None), self.recompute_ratio)
 
-    def _selective(self, req: Req, docs: Optional[RequestDocuments]) -> bool:
-        """Whether the request recomputes a set after placement."""
-        return docs is not None and bool(docs.ratio)
-
     def namespace(self, req: Req) -> Namespace:
         return Namespace(model=self.model_key, salt=req.extra_key)
 
@@ -222,7 +218,7 @@ class DocumentReuse:
         if not pieces:
             return False
         n = sum(p.length for p in pieces)
-        keep = n if self._selective(req, docs) else min(n, self.window)
+        keep = n if docs.selective else min(n, self.window)
         slots = self._alloc(n, keep, req, tree)
         if slots is None:
             return False
@@ -233,7 +229,7 @@ class DocumentReuse:
         state = self._requests.setdefault(req.rid, RequestReuse())
         state.placed += n
         state.ranges.append((exact, exact + n))
-        state.selective = keep == n and self._selective(req, docs)
+        state.selective = docs.selective
         state.recovered_from = exact + n if docs.recovery else None
         return True
 

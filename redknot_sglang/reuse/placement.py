@@ -39,6 +39,11 @@ class RequestDocuments:
     def recovery(self) -> bool:
         return self.ratio is None
 
+    @property
+    def selective(self) -> bool:
+        """Whether the request recomputes a set of tokens after placement."""
+        return bool(self.ratio)
+
     @classmethod
     def of(cls, custom_params: Any, default_ratio: float) -> Optional[RequestDocuments]:
         if not isinstance(custom_params, dict) or DOCUMENTS_KEY not in custom_params:
