@@ -39,8 +39,6 @@ class RedknotConfig:
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
     recompute_ratio: float = 0.1  # selective recompute of marked requests (reuse/recompute.py); 0: place only
-    sparse_ffn_keep: float = 1.0  # 1 = off
-    sparse_ffn_from_layer: Optional[int] = None  # None: half the served model's layers (resolved by config_from_args)
     chunk_window_checkpoints: bool = False
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
@@ -115,22 +113,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="Selective recompute of requests that mark documents: every cached document is placed, "
         "then the request's own text, each document's first tokens and this fraction of the placed "
         "tokens (those its question attends to most) are recomputed at their true positions; per "
-        "request custom_params.redknot_recompute_ratio. 0: place only (the segment store then keeps "
-        "local heads' sink and window only; > 0 keeps documents' local heads whole).",
-    )
-    group.add_argument(
-        "--redknot-sparse-ffn-keep",
-        type=float,
-        default=_default("sparse_ffn_keep"),
-        help="Sparse FFN during recovery (Llama models): in deep layers only this fraction of the "
-        "recomputed document tokens, those with the largest attention output, run the FFN (the last "
-        "128 prompt tokens always do); 1 = off (default: it cost accuracy on SmolLM2 at 0.5).",
-    )
-    group.add_argument(
-        "--redknot-sparse-ffn-from-layer",
-        type=int,
-        default=_default("sparse_ffn_from_layer"),
-        help="First layer whose FFN is sparse (default: half the layers).",
+        "request custom_params.redknot_recompute_ratio, or redknot_recovery false to place only. 0: "
+        "place only (the segment store then keeps local heads' sink and window only; > 0 keeps "
+        "documents' local heads whole).",
     )
     group.add_argument(
         "--redknot-chunk-window-checkpoints",
@@ -161,8 +146,6 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         raise ConfigError(f"--redknot-sink-cache-blocks must be >= 0, got {args.redknot_sink_cache_blocks}")
     if args.redknot_max_document_tokens <= 0:
         raise ConfigError(f"--redknot-max-document-tokens must be > 0, got {args.redknot_max_document_tokens}")
-    if not 0 < args.redknot_sparse_ffn_keep <= 1:
-        raise ConfigError(f"--redknot-sparse-ffn-keep must be in (0, 1], got {args.redknot_sparse_ffn_keep}")
     if not 0 <= args.redknot_recompute_ratio <= 1:
         raise ConfigError(f"--redknot-recompute-ratio must be in [0, 1], got {args.redknot_recompute_ratio}")
     if args.redknot_segment_store_gb < 0 or args.redknot_segment_host_gb < 0:
@@ -177,9 +160,6 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         segment_store_gb=args.redknot_segment_store_gb,
         segment_host_gb=args.redknot_segment_host_gb,
         recompute_ratio=args.redknot_recompute_ratio,
-        sparse_ffn_keep=args.redknot_sparse_ffn_keep,
-        sparse_ffn_from_layer=(args.redknot_sparse_ffn_from_layer if args.redknot_sparse_ffn_from_layer is not None
-                               else served.num_layers // 2),
         chunk_window_checkpoints=args.redknot_chunk_window_checkpoints,
     )
 

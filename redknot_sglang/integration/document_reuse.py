@@ -9,16 +9,15 @@ thread; GPU work is queued here and runs on the forward's stream):
   part of its prefix, so SGLang computes only the rest; :meth:`cut_point` says where an admitted
   extend stops; :meth:`rewrite_batch` turns a selective request's last extend into its recompute
   set; :meth:`plan_batch` notes which tokens of an extend batch belong to documents the store
-  does not have yet, which ones recovery recomputes (the sparse FFN's candidates,
-  :mod:`redknot_sglang.reuse.sparse_ffn`), and whose attention ranks the placed tokens.
+  does not have yet, and whose attention ranks the placed tokens.
 * forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
   queued placements into the pool and fills the recompute sets' tokens, positions and slots,
   :meth:`observe` sums the question's attention over placed KV, :meth:`capture` copies each
   layer's new K/V of noted documents, and after the last layer a complete document enters the
-  store, turned back to position 0; the hooks of :mod:`redknot_sglang.integration.hooks.sparse_ffn`
-  ask :meth:`ffn_rows` in deep layers.
+  store, turned back to position 0.
 
-Selective recompute (the default of a marked request, ratio ``R > 0``) takes two extends::
+A marked request's mode is its ratio ``R`` (:class:`~redknot_sglang.reuse.placement.RequestDocuments`):
+0 places only; selective recompute (the default, the server's ``R > 0``) takes two extends::
 
     prompt:        [ exact ][ A placed ][ B placed ][ question ... last ]
     admission:               placed (window slots for every placed position, the store's
@@ -37,9 +36,9 @@ Who owns which slots::
                                         only for the last min(x-p, W)
 
 A request with placed KV is *approximate*: its tokens never enter the radix tree (the cache frees
-``[p, seq)`` at the end instead of inserting), so no other request takes placed or recovered KV
-as an exact prefix. Captured documents are KV computed in their first request's context, at their
-prompt positions, and stored turned back to positions ``[0, n)``.
+``[p, seq)`` at the end instead of inserting), so no other request takes placed KV, or KV computed
+over it, as an exact prefix. Captured documents are KV computed in their first request's context,
+at their prompt positions, and stored turned back to positions ``[0, n)``.
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces,
 from redknot_sglang.reuse.recompute import RecomputeSet, attention_mass, pick, recompute_set
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
-from redknot_sglang.reuse.sparse_ffn import SparseFFN, candidate_range, ffn_rows
 
 if TYPE_CHECKING:  # SGLang's types, for annotations only
     from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
@@ -80,7 +78,6 @@ class RequestReuse:
     """What the side table keeps of one admitted request that holds placed KV (keyed by rid)."""
 
     placed: int = 0  # placed (relocated) tokens in its prefix
-    recovered_from: Optional[int] = None  # first prompt position recovery recomputes; None: no recovery
     ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # placed prompt ranges
     mass: Optional[torch.Tensor] = None  # selective: attention the question paid each position
     selective: bool = False  # holds placed window slots until its recompute extend
@@ -107,14 +104,6 @@ class CaptureRun:
     batch_offset: int
     doc_offset: int
     tokens: int
-
-
-@dataclasses.dataclass(frozen=True)
-class SparseRows:
-    """Recovery's recomputed tokens of an extend batch (sparse FFN candidates) and how many run."""
-
-    candidates: torch.Tensor  # bool over the batch's extend tokens
-    kept: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +135,10 @@ class RecomputeRun:
 @dataclasses.dataclass
 class ForwardPlan:
     """What the scheduler side hands to the next forward: placements to write, document tokens to
-    capture, sparse FFN rows, question rows to observe and recompute sets (extend batches)."""
+    capture, question rows to observe and recompute sets (extend batches)."""
 
     placements: list[_Placement] = dataclasses.field(default_factory=list)
     captures: list[CaptureRun] = dataclasses.field(default_factory=list)
-    sparse: Optional[SparseRows] = None
     questions: list[QuestionRows] = dataclasses.field(default_factory=list)
     recomputes: list[RecomputeRun] = dataclasses.field(default_factory=list)
 
@@ -162,10 +150,9 @@ class ForwardPlan:
 
 class DocumentReuse:
     def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, model_key: str,
-                 sparse_ffn: Optional[SparseFFN] = None, recompute_ratio: float = 0.0):
+                 recompute_ratio: float = 0.0):
         self.store = store
         self.recompute_ratio = recompute_ratio
-        self.sparse_ffn = sparse_ffn
         self.pool = pool
         self.allocator = allocator
         self.model_key = model_key
@@ -178,10 +165,8 @@ class DocumentReuse:
         self._capturing: set[tuple[Namespace, tuple[int, ...]]] = set()
         self._next = ForwardPlan()  # scheduler side: filled until the next forward takes it
         self._now = ForwardPlan()  # forward side: the running forward's plan
-        self._sparse_candidates = 0
-        self._attn_norm: Optional[torch.Tensor] = None
         self.stats = {"placed_requests": 0, "placed_tokens": 0, "recomputed_tokens": 0, "document_hits": 0,
-                      "captured_documents": 0, "store_errors": 0, "ffn_skipped_token_layers": 0}
+                      "captured_documents": 0, "store_errors": 0}
 
     def documents(self, req: Req) -> Optional[RequestDocuments]:
         """The request's marks and mode (None: unmarked)."""
@@ -201,20 +186,18 @@ class DocumentReuse:
 
     # ------------------------------------------------------------------ scheduler side
     def place(self, req: Req, tree: BasePrefixCache, *, next_chunk: bool = False) -> bool:
-        """Before admission (or, without recovery, before the next chunk of a chunked request):
-        replace the cached documents right after the request's prefix by placed KV (its prefix
-        grows by them). Undone by :meth:`unplace` if the request is not admitted."""
+        """Before admission (or before the next chunk of a chunked request): replace the cached
+        documents right after the request's prefix by placed KV (its prefix grows by them).
+        Undone by :meth:`unplace` if the request is not admitted."""
         if not next_chunk:
             self._requests.pop(req.rid, None)  # a new admission (or one after a retraction)
         docs = self.documents(req)
         exact = len(req.prefix_indices)
-        if (docs is None or (next_chunk and docs.recovery) or exact == 0 or exact < self.sink
-                or self.allocator.page_size != 1):
+        if docs is None or exact == 0 or exact < self.sink or self.allocator.page_size != 1:
             return False
         fill = req.full_untruncated_fill_ids
         ns = self.namespace(req)
-        pieces = plan_pieces(docs.spans, exact, len(fill), lambda s, e: self.store.match(ns, fill[s:e]),
-                             recovery=docs.recovery)
+        pieces = plan_pieces(docs.spans, exact, len(fill), lambda s, e: self.store.match(ns, fill[s:e]))
         if not pieces:
             return False
         n = sum(p.length for p in pieces)
@@ -230,7 +213,6 @@ class DocumentReuse:
         state.placed += n
         state.ranges.append((exact, exact + n))
         state.selective = docs.selective
-        state.recovered_from = exact + n if docs.recovery else None
         return True
 
     def unplace(self, req: Req) -> None:
@@ -247,13 +229,13 @@ class DocumentReuse:
             del self._requests[req.rid]
 
     def cut_point(self, req: Req, start: int, end: int) -> Optional[int]:
-        """Without recovery, where an admitted extend ``[start, end)`` stops short, or None: where
-        a cached document follows computed ones (the run is placed before the next chunk:
-        :meth:`place`), or, for a selective request holding placed KV, one token before the
-        prompt's end or where its prompt logprobs start, if earlier (the rest's extend becomes the
-        recompute set, which ends with it: :meth:`rewrite_batch`)."""
+        """Where an admitted extend ``[start, end)`` stops short, or None: where a cached document
+        follows computed ones (the run is placed before the next chunk: :meth:`place`), or, for a
+        selective request holding placed KV, one token before the prompt's end or where its prompt
+        logprobs start, if earlier (the rest's extend becomes the recompute set, which ends with
+        it: :meth:`rewrite_batch`)."""
         docs = self.documents(req)
-        if docs is None or docs.recovery or self.allocator.page_size != 1:
+        if docs is None or self.allocator.page_size != 1:
             return None
         ids, ns = req.origin_input_ids, self.namespace(req)
         for s, e in docs.spans:
@@ -350,9 +332,7 @@ class DocumentReuse:
     def plan_batch(self, batch: ScheduleBatch) -> None:
         """After an extend batch has its slots (and :meth:`rewrite_batch`): which of its tokens
         belong to documents to capture (entries ``(capture, batch token offset, document offset,
-        tokens)``), which are recomputed by recovery requests (sparse FFN candidates), and which
-        are a selective request's question, cut one token short."""
-        self._next.sparse = self._plan_ffn(batch) if self.sparse_ffn is not None else None
+        tokens)``), and which are a selective request's question, cut one token short."""
         recomputed = {r.batch_offset for r in self._next.recomputes}
         runs, questions, offset = [], [], 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
@@ -376,21 +356,6 @@ class DocumentReuse:
             offset += ext
         self._next.captures = runs
         self._next.questions = questions
-
-    def _plan_ffn(self, batch: ScheduleBatch) -> Optional[SparseRows]:
-        mask = torch.zeros(sum(batch.extend_lens), dtype=torch.bool)
-        offset = 0
-        for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
-            state = self._requests.get(req.rid)
-            start = state.recovered_from if state is not None and state.placed > 0 else None
-            if start is not None:
-                a, b = candidate_range(len(req.origin_input_ids), start, self.sparse_ffn.keep_last)
-                a, b = max(a, pre), min(b, pre + ext)
-                if a < b:
-                    mask[offset + a - pre : offset + b - pre] = True
-            offset += ext
-        n = int(mask.sum())
-        return SparseRows(mask, self.sparse_ffn.kept(n)) if n else None
 
     def _new_captures(self, req: Req, prefix_len: int) -> list[_Capture]:
         docs = self.documents(req)
@@ -422,7 +387,7 @@ class DocumentReuse:
     # ------------------------------------------------------------------ forward side
     def begin_forward(self, is_extend: bool) -> None:
         """Take the plan the scheduler side made for this forward: write its placements; an extend
-        forward also takes its capture runs, sparse FFN rows, question rows and recompute sets."""
+        forward also takes its capture runs, question rows and recompute sets."""
         plan, self._next = self._next, ForwardPlan()
         plan.placements, self._placed = list(self._placed.values()), {}
         for pl in plan.placements:
@@ -430,9 +395,6 @@ class DocumentReuse:
         if not is_extend:  # what was planned is for the extend forward still to come
             self._next = dataclasses.replace(plan, placements=[])
             plan = ForwardPlan(placements=plan.placements)
-        elif plan.sparse is not None:
-            self._sparse_candidates = int(plan.sparse.candidates.sum())
-            plan.sparse = SparseRows(plan.sparse.candidates.to(self.pool.device, non_blocking=True), plan.sparse.kept)
         self._now = plan
 
     @property
@@ -462,23 +424,6 @@ class DocumentReuse:
             k = k_global[req_to_token[run.req_row, : run.seq_len].long()]
             q_pos = torch.arange(run.first_position, run.first_position + run.rows, device=q.device)
             run.mass[: run.seq_len] += attention_mass(q, k, q_pos, scale)
-
-    def sparse_ffn_layer(self, layer: int) -> bool:
-        """Whether this forward's layer ``layer`` runs the FFN sparsely."""
-        return self._now.sparse is not None and layer >= self.sparse_ffn.from_layer
-
-    def note_attention(self, out: torch.Tensor) -> None:
-        """The layer's attention output ``[tokens, hidden]``: its norms rank the FFN candidates."""
-        self._attn_norm = out.float().norm(dim=-1)
-
-    def ffn_rows(self) -> torch.Tensor:
-        """Rows of the batch's tokens that run this layer's FFN (after :meth:`note_attention`)."""
-        mask, kept = self._now.sparse.candidates, self._now.sparse.kept
-        importance = self._attn_norm
-        self.stats["ffn_skipped_token_layers"] += self._sparse_candidates - kept
-        if mask.shape[0] < importance.shape[0]:  # a mixed batch: decode tokens follow, all run
-            mask = torch.cat([mask, mask.new_zeros(importance.shape[0] - mask.shape[0])])
-        return ffn_rows(mask, importance, kept)
 
     def _turn(self, k: torch.Tensor, delta: int) -> torch.Tensor:
         """``k`` (``[tokens, heads, D]``) turned by ``delta`` positions, as a new tensor: our Triton

@@ -22,7 +22,7 @@ import re
 from typing import Any, Callable
 
 from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, metrics,
-                                              preload, request_spans, server_args, sparse_ffn, stats, swa_admission)
+                                              preload, request_spans, server_args, stats, swa_admission)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +46,6 @@ HOOKS: tuple[Hook, ...] = (
     Hook(swa_admission.ADD, swa_admission.reserve_new, "AROUND"),
     Hook(admission_placement.ADD, admission_placement.place_documents, "AROUND"),
     Hook(admission_placement.ADD_CHUNKED, admission_placement.place_chunk, "AROUND"),
-    Hook(sparse_ffn.LAYER, sparse_ffn.decoder_layer, "AROUND"),
-    Hook(sparse_ffn.ATTENTION, sparse_ffn.attention_output, "AFTER"),
-    Hook(sparse_ffn.MLP, sparse_ffn.mlp, "AROUND"),
     Hook(head_split.MODEL_CONFIG, head_split.model_config_from_server_args, "AROUND"),
     Hook(head_split.POOL_CONFIGURATOR, head_split.create_memory_pool_configurator, "AROUND"),
     Hook(head_split.BUILD_POOL, head_split.build_token_to_kv_pool, "AROUND"),
@@ -121,7 +118,7 @@ RELIED: dict[str, tuple[str, ...]] = {
     _S + "entrypoints.http_server": ("app", "_global_state"),
     _S + "entrypoints.http_server._GlobalState": ("tokenizer_manager",),
     _S + "managers.io_struct.GenerateReqInput": ("input_ids", "sampling_params", "extra_key"),
-    # the attention side (attention.py, head_split_backend.py, hooks/sparse_ffn.py)
+    # the attention side (attention.py, head_split_backend.py)
     _S + "layers.attention.base_attn_backend.AttentionBackend": ("init_forward_metadata", "forward_extend",
                                                                 "forward_decode"),
     _S + "model_executor.forward_batch_info.ForwardBatch": (
@@ -130,7 +127,6 @@ RELIED: dict[str, tuple[str, ...]] = {
     _S + "model_executor.model_runner.ModelRunner": ("model", "model_config", "server_args", "device",
                                                      "req_to_token_pool", "token_to_kv_pool",
                                                      "sliding_window_size"),
-    _S + "model_executor.forward_context": ("get_attn_backend",),
     _S + "layers.radix_attention.RadixAttention": ("layer_id", "tp_q_head_num", "tp_k_head_num", "tp_v_head_num",
                                                    "head_dim", "scaling"),
     # the frontend (frontend.py)

@@ -28,7 +28,6 @@ def create_tree_cache(ctx: Any) -> Any:
     if cfg.segment_store_gb > 0:
         from redknot_sglang.reuse.segment_store import SegmentStore
         from redknot_sglang.integration.document_reuse import DocumentReuse
-        from redknot_sglang.reuse.sparse_ffn import SparseFFN
 
         store = SegmentStore(pool.layout, head_dim=pool.head_dim, dtype=pool.dtype, device=pool.device,
                              device_bytes=int(cfg.segment_store_gb * (1 << 30)),
@@ -36,8 +35,7 @@ def create_tree_cache(ctx: Any) -> Any:
                              max_document_tokens=cfg.max_document_tokens,
                              tail=cfg.max_document_tokens if cfg.recompute_ratio > 0 else None)
         model_key = f"{ctx.server_args.model_path}|{cfg.profile.model.model_dump_json()}"
-        sparse = SparseFFN(cfg.sparse_ffn_keep, cfg.sparse_ffn_from_layer) if cfg.sparse_ffn_keep < 1 else None
         reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator, model_key=model_key,
-                              sparse_ffn=sparse, recompute_ratio=cfg.recompute_ratio)
+                              recompute_ratio=cfg.recompute_ratio)
         pool.document_reuse = reuse  # the attention backend's way to it
     return HeadSplitRadixCache(ctx.params, pool, sinks, reuse)

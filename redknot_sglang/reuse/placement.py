@@ -4,17 +4,17 @@ SGLang computes one contiguous range of a request, ``[prefix_len, seq_len)``. So
 must follow the exact prefix (what the radix tree matched) without a gap::
 
     prompt:  [ exact prefix (tree) ][ doc A ][ doc B ] text [ doc C ][ query ]
-    placed:                    p -> [  A   ][  B   ]                            recovery off
-                               p -> [  A   ]                                    recovery on
-    computed:                                      [ text, C, query, ...      ]
+    placed:                    p -> [  A   ][  B   ]
+    computed:                                      [ text ]                     cut before C
+    placed (next chunk):                                  [  C   ]
+    computed:                                                      [ query, ... ]
 
 The run starts in the document that holds position ``p`` (the tree may have matched into it) and
 goes on while the next document starts where the previous one ends and is cached. A document
-that ends the prompt is never placed (the last token must be computed to sample from). With
-recovery on only the first document is placed: the rest is recomputed at its true positions, which
-recovers what the global heads of later documents would have read across documents (the paper's
-"seg0 exact, re-prefill seg1..N"). Without recovery, the admission hook cuts a request's extend
-where a later cached run starts, so that run is planned here again before the next chunk.
+that ends the prompt is never placed (the last token must be computed to sample from). The
+admission hook cuts a request's extend where a later cached run starts, so that run is planned
+here again before the next chunk. Selective recompute then recomputes some placed tokens at their
+true positions (:mod:`redknot_sglang.reuse.recompute`); which tokens is not decided here.
 """
 
 from __future__ import annotations
@@ -29,15 +29,10 @@ from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY
 @dataclasses.dataclass(frozen=True)
 class RequestDocuments:
     """A request's document marks as the scheduler receives them (validated by the HTTP server).
-    ``ratio``: selective recompute of that fraction of the placed tokens (0: place only); None:
-    document-level recovery (``redknot_recovery: true``)."""
+    ``ratio``: selective recompute of that fraction of the placed tokens (0: place only)."""
 
     spans: tuple[tuple[int, int], ...]
-    ratio: Optional[float] = 0.0
-
-    @property
-    def recovery(self) -> bool:
-        return self.ratio is None
+    ratio: float = 0.0
 
     @property
     def selective(self) -> bool:
@@ -46,18 +41,15 @@ class RequestDocuments:
 
     @classmethod
     def of(cls, custom_params: Any, default_ratio: float) -> Optional[RequestDocuments]:
+        """The marks of ``custom_params`` (None: unmarked); the ratio is the request's own, 0 for
+        ``redknot_recovery: false``, else the server's ``default_ratio``."""
         if not isinstance(custom_params, dict) or DOCUMENTS_KEY not in custom_params:
             return None
         flat = custom_params[DOCUMENTS_KEY]
         spans = tuple((int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2))
-        recovery = custom_params.get(RECOVERY_KEY)
-        if recovery is True:
-            ratio = None
-        elif recovery is False:
-            ratio = 0.0
-        else:
-            ratio = float(custom_params.get(RATIO_KEY, default_ratio))
-        return cls(spans=spans, ratio=ratio)
+        if custom_params.get(RECOVERY_KEY) is False:
+            return cls(spans=spans, ratio=0.0)
+        return cls(spans=spans, ratio=float(custom_params.get(RATIO_KEY, default_ratio)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +72,7 @@ class Piece:
 
 
 def plan_pieces(spans: Sequence[tuple[int, int]], exact_len: int, prompt_len: int,
-                lookup: Callable[[int, int], Any], *, recovery: bool) -> list[Piece]:
+                lookup: Callable[[int, int], Any]) -> list[Piece]:
     """The documents to place after an exact prefix of ``exact_len`` tokens (see the module
     docstring); ``lookup(start, end)`` gives the store's match of a prompt range or None."""
     pieces: list[Piece] = []
@@ -95,8 +87,6 @@ def plan_pieces(spans: Sequence[tuple[int, int]], exact_len: int, prompt_len: in
             break
         pieces.append(Piece(span=(s, e), match=match, doc_from=pos - s, length=e - pos))
         pos = e
-        if recovery:
-            break
     return pieces
 
 

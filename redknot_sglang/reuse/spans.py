@@ -7,7 +7,12 @@ A request marks its documents in ``sampling_params.custom_params`` (native ``/ge
     "custom_params": {"redknot_documents": [{"text": "...doc one..."}, {"text": "...doc two..."}]}
     "custom_params": {"redknot_documents": [...], "redknot_recompute_ratio": 0.1}  # selective recompute
     "custom_params": {"redknot_documents": [...], "redknot_recovery": false}  # place only (ratio 0)
-    "custom_params": {"redknot_documents": [...], "redknot_recovery": true}   # document-level recovery
+    "custom_params": {"redknot_documents": [...], "redknot_recovery": true}   # selective, the server's ratio
+
+A marked request is served by selective recompute at the server's ``--redknot-recompute-ratio``
+unless it says otherwise: ``redknot_recompute_ratio`` sets its own ratio, ``redknot_recovery: false``
+places only (ratio 0), ``redknot_recovery: true`` asks for the server's ratio explicitly (refused by
+a server whose ratio is 0). A request gives at most one of the two keys.
 
 Text pieces are found in the prompt's token ids, in order (each after the previous span). The
 resolved token ranges replace the marks (as ``[[start, end], ...]``), so the scheduler receives
@@ -21,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 DOCUMENTS_KEY = "redknot_documents"
-RECOVERY_KEY = "redknot_recovery"  # optional: true = document-level recovery, false = place only
+RECOVERY_KEY = "redknot_recovery"  # optional: true = selective at the server's ratio, false = place only
 RATIO_KEY = "redknot_recompute_ratio"  # optional: selective recompute's ratio (default: the server's flag)
 
 

@@ -9,9 +9,9 @@ local fraction, window and KV bytes ratio at that length. The stock server's agr
 greedy answers (teacher forcing runs as one prefill, greedy as decode steps) is the noise floor.
 
 ``--reuse``: document reuse on the same redknot server, per mode (``--reuse-modes``: ``placed``,
-``redknot_recovery`` false, every cached document placed; ``recovery``, the first placed and the
-rest recomputed; ``selective-R``, every cached document placed and the question, each document's
-first tokens and a fraction ``R`` of the placed tokens recomputed).
+``redknot_recovery`` false, every cached document placed; ``selective-R``, every cached document
+placed and the question, each document's first tokens and a fraction ``R`` of the placed tokens
+recomputed).
 Each mode starts from an empty cache, answers the "warmup" stream of other questions over the same
 documents with its marks (documents captured in other orders and offsets), then the measured
 questions with their marks: accuracy next to dense's and the head split's full prefill, agreement
@@ -65,11 +65,9 @@ def rows_for(name: str, profile: HeadProfile, answers, dense, questions) -> list
 
 
 def reuse_mode(name: str) -> dict:
-    """``custom_params`` of a reuse mode: ``placed``, ``recovery`` or ``selective-R``."""
+    """``custom_params`` of a reuse mode: ``placed`` or ``selective-R``."""
     if name == "placed":
         return {RECOVERY_KEY: False}
-    if name == "recovery":
-        return {RECOVERY_KEY: True}
     if name.startswith("selective-"):
         return {RATIO_KEY: float(name.removeprefix("selective-"))}
     raise ValueError(f"unknown reuse mode {name!r}")

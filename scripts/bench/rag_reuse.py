@@ -5,20 +5,22 @@ prompt, ``k`` documents in random order and a question of ``q_len`` random token
 ``context_len`` tokens in all. With probability ``reuse_rate`` a document is drawn from those
 earlier requests used, else it is new. Stock SGLang's radix cache reuses only the system prompt
 (the documents' order changes the prefix); RedKnot's requests mark their documents
-(``custom_params.redknot_documents``, token ranges). Requests are sent ``concurrency`` at a time,
+(``custom_params.redknot_documents``, token ranges) but in the ``unmarked`` mode. Requests are sent ``concurrency`` at a time,
 streamed, and TTFT is the time to the first streamed token; the streaming client is a plain
 ``requests`` one (SGLang's bench_serving client needs aiohttp, which the GPU lane does not carry).
 
-Sides: ``stock``, and ``redknot`` (marks sent), which runs each workload twice on one server: with
-document-level recovery (``redknot_recovery: true``: the first document after the system prompt is
-placed from the segment store, later ones are recomputed at their true positions) and without
-(``redknot_recovery: false``: every cached document is placed). Selective recompute, the default
-mode, is measured by ``reuse_frontier.py``. ``/flush_cache`` empties the tree and the store before
-each run, so each starts cold and documents enter the store at their first use. The server's reuse
-counters (placed tokens, captured documents) are recorded with each run. ``--side`` runs one side
-per device call (the partial file carries the other, see
-:mod:`redknot_sglang.testing.bench_sides`). Writes bench/results/rag_reuse.json; ``--cpu-smoke``
-runs the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
+Sides: ``stock``, and ``redknot``, which runs each workload three times on one server:
+``selective`` (marks sent, the default mode: every cached document placed from the segment store,
+then selective recompute at the server's ``--redknot-recompute-ratio``), ``placed`` (marks with
+``redknot_recovery: false``: every cached document placed, nothing recomputed) and ``unmarked`` (no
+marks: the head split alone, so that its own gain is told apart from reuse's). ``/flush_cache``
+empties the tree and the store before each run, so each starts cold and documents enter the store
+at their first use. The server's reuse counters (placed and recomputed tokens, captured documents)
+are recorded with each run. ``--side`` runs one side per device call (the partial file carries the
+other, see :mod:`redknot_sglang.testing.bench_sides`). Writes bench/results/rag_reuse.json:
+per context and reuse rate, ``{stock,selective,placed,unmarked}_{ttft_p50_s,ttft_p99_s,req_per_s}``
+and ``{selective,placed}_{placed,recomputed}_tokens``. ``--cpu-smoke`` runs the procedure with
+SmolLM2 on this CPU at tiny sizes (to /tmp).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 # side -> mode -> custom_params besides the spans (None: unmarked)
-MODES = {"stock": {"stock": None}, "redknot": {"redknot": {RECOVERY_KEY: True}, "norecovery": {RECOVERY_KEY: False}}}
+MODES = {"stock": {"stock": None},
+         "redknot": {"selective": {}, "placed": {RECOVERY_KEY: False}, "unmarked": None}}
+COUNTERS = ("placed_tokens", "recomputed_tokens", "captured_documents")
 
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
@@ -68,8 +72,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
                            "ttft_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
                            "req_per_s": round(len(times) / wall, 3),
                            "prompt_tokens": sum(len(q["input_ids"]) for q in reqs),
-                           **{k: after[k] - before.get(k, 0) for k in ("placed_tokens", "captured_documents")
-                              if k in after}}
+                           **{k: after[k] - before.get(k, 0) for k in COUNTERS if k in after}}
                     out["results"][f"{ctx}/{rate}/{mode}"] = row
                     partial.save(side, out)
                     print(f"[{mode}] ctx {ctx} reuse {rate}: {row}", flush=True)
@@ -101,21 +104,22 @@ def main() -> None:
     device, rows = device_name(), []
     res = {side: sides[side]["results"] for side in SIDES}
     print(f"\nTTFT ({device}; {args.requests} requests, {args.k} documents each, concurrency {args.concurrency})")
-    print(f"{'context':>8} {'reuse':>6} {'stock p50':>10} {'redknot p50':>12} {'norecov p50':>12} "
-          f"{'stock p99':>10} {'redknot p99':>12} {'speedup':>8}")
+    modes = ("stock", *MODES["redknot"])
+    print(f"{'context':>8} {'reuse':>6} " + " ".join(f"{m + ' p50':>13}" for m in modes) + " "
+          + " ".join(f"{m + ' p99':>13}" for m in modes) + " " + " ".join(f"{m + ' x':>11}" for m in modes[1:]))
     for key, s in res["stock"].items():
         ctx, rate, _ = key.split("/")
-        r, n = res["redknot"][f"{ctx}/{rate}/redknot"], res["redknot"][f"{ctx}/{rate}/norecovery"]
-        rows.append({"context_len": int(ctx), "reuse_rate": float(rate),
-                     "stock_ttft_p50_s": s["ttft_p50_s"], "redknot_ttft_p50_s": r["ttft_p50_s"],
-                     "norecovery_ttft_p50_s": n["ttft_p50_s"], "stock_ttft_p99_s": s["ttft_p99_s"],
-                     "redknot_ttft_p99_s": r["ttft_p99_s"], "norecovery_ttft_p99_s": n["ttft_p99_s"],
-                     "stock_req_per_s": s["req_per_s"], "redknot_req_per_s": r["req_per_s"],
-                     "norecovery_req_per_s": n["req_per_s"],
-                     "redknot_placed_tokens": r.get("placed_tokens"), "norecovery_placed_tokens": n.get("placed_tokens"),
-                     "prompt_tokens": s["prompt_tokens"]})
-        print(f"{ctx:>8} {rate:>6} {s['ttft_p50_s']:>10.3f} {r['ttft_p50_s']:>12.3f} {n['ttft_p50_s']:>12.3f} "
-              f"{s['ttft_p99_s']:>10.3f} {r['ttft_p99_s']:>12.3f} {s['ttft_p50_s'] / r['ttft_p50_s']:>7.2f}x")
+        runs = {"stock": s, **{m: res["redknot"][f"{ctx}/{rate}/{m}"] for m in modes[1:]}}
+        row = {"context_len": int(ctx), "reuse_rate": float(rate)}
+        for stat in ("ttft_p50_s", "ttft_p99_s", "req_per_s"):
+            row.update({f"{m}_{stat}": r[stat] for m, r in runs.items()})
+        for counter in ("placed_tokens", "recomputed_tokens"):
+            row.update({f"{m}_{counter}": runs[m].get(counter) for m in ("selective", "placed")})
+        row["prompt_tokens"] = s["prompt_tokens"]
+        rows.append(row)
+        print(f"{ctx:>8} {rate:>6} " + " ".join(f"{r['ttft_p50_s']:>13.3f}" for r in runs.values()) + " "
+              + " ".join(f"{r['ttft_p99_s']:>13.3f}" for r in runs.values()) + " "
+              + " ".join(f"{s['ttft_p50_s'] / runs[m]['ttft_p50_s']:>10.2f}x" for m in modes[1:]))
     (results / "rag_reuse.json").write_text(json.dumps(
         {"device": device, "model": model.name, "flags": {k: v["flags"] for k, v in sides.items()},
          "workload": {k: getattr(args, k) for k in ("requests", "concurrency", "k", "sys_len", "q_len", "max_new")},

@@ -1,10 +1,10 @@
 """Document reuse end to end on CPU: a SmolLM2 head-split server (15% global heads, window 64,
-sink 4, sparse FFN at keep 0.5) captures marked documents at first use and places them in later
-requests that put them in a new order: placed only, with document-level recovery, and with
-selective recompute (the default; with every placed token recomputed it answers as the full
-prefill); only recovery requests' FFN is sparse; approximate KV never serves an unmarked request, other tenants never see a document, and
-every slot comes back. Documents preloaded over HTTP are placed at first use; the store's counters
-are Prometheus metrics."""
+sink 4) captures marked documents at first use and places them in later requests that put them in
+a new order: placed only, and with selective recompute (the default, which ``redknot_recovery:
+true`` asks for explicitly; with every placed token recomputed it answers as the full prefill);
+approximate KV never serves an unmarked request, other tenants never see a document, and every
+slot comes back. Documents preloaded over HTTP are placed at first use; the store's counters are
+Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def server(smollm2, smollm2_fingerprint, tmp_path_factory):
     args = (*CPU_ARGS, *REDKNOT_ARGS, "--max-total-tokens", "8192", "--random-seed", "0",
             "--redknot-head-profile", str(path), "--redknot-window-pool-ratio", "0.5",
             "--chunked-prefill-size", "128",  # documents span chunks
-            "--redknot-sparse-ffn-keep", "0.5", "--enable-metrics")
+            "--enable-metrics")
     with Server(smollm2, args) as s:
         yield s
 
@@ -68,31 +68,34 @@ def test_documents_are_captured_then_placed_in_a_new_order(server):
     docs = server.redknot_stats()["documents"]
     assert cached == 0 and docs["captured_documents"] == 2 and docs["documents"] == 2
 
-    # without recovery both documents are placed: only the query is computed
+    # place only: both documents are placed, only the query is computed, nothing recomputed
     _, cached = generate(server, body([D2, D1], recovery=False))
     docs = server.redknot_stats()["documents"]
     assert cached == len(SYS) + len(D2) + len(D1)
     assert (docs["placed_requests"], docs["placed_tokens"]) == (1, len(D2) + len(D1))
+    assert docs["recomputed_tokens"] == 0
 
-    assert docs["ffn_skipped_token_layers"] == 0  # nothing recomputed, nothing sparse
+    # redknot_recovery true is the default, selective recompute at the server's ratio (0.1): both
+    # documents placed, then the query, each document's first 8 tokens and 10% of the placed tokens
+    recomputed, outputs = [], []
+    for recovery in (True, None):
+        before = server.redknot_stats()["documents"]
+        out, cached = generate(server, body([D2, D1], recovery=recovery))
+        after = server.redknot_stats()["documents"]
+        assert cached == len(SYS) + len(D2) + len(D1)
+        assert after["placed_tokens"] - before["placed_tokens"] == len(D2) + len(D1)
+        recomputed.append(after["recomputed_tokens"] - before["recomputed_tokens"])
+        outputs.append(out)
+    assert recomputed == [len(Q) + 2 * 8 + round(0.1 * (len(D2) + len(D1)))] * 2
+    assert outputs[0] == outputs[1]
 
-    # with recovery only the first: D1 is recomputed at its true positions, its tokens before the
-    # last 128 of the prompt are sparse FFN candidates in the deep half
-    recovered, cached = generate(server, body([D2, D1], recovery=True))
-    docs = server.redknot_stats()["documents"]
-    assert cached == len(SYS) + len(D2)
-    assert docs["placed_tokens"] == 2 * len(D2) + len(D1)
-    candidates = len(SYS) + len(D2) + len(D1) + len(Q) - 128 - cached
-    assert docs["ffn_skipped_token_layers"] == (candidates - (candidates + 1) // 2) * (30 - 15)
-
-    # the same prompt unmarked: only the exact system prompt is reused, never placed KV, dense FFN
+    # the same prompt unmarked: only the exact system prompt is reused, never placed KV
     plain, cached = generate(server, body([D2, D1], marks=False))
     assert cached == len(SYS)
-    assert len(recovered) == len(plain) == 6
-    assert server.redknot_stats()["documents"]["ffn_skipped_token_layers"] == docs["ffn_skipped_token_layers"]
+    assert len(outputs[0]) == len(plain) == 6
 
-    # a new first document is computed and captured; without recovery the cached ones after it
-    # are placed before the request's next chunk
+    # a new first document is computed and captured; the cached ones after it are placed before
+    # the request's next chunk
     placed = server.redknot_stats()["documents"]["placed_tokens"]
     _, cached = generate(server, body([D3, D1, D2], recovery=False))
     s = server.redknot_stats()
@@ -155,6 +158,8 @@ def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
     bad = body([D2, D1], ratio=1.5)
     r = server.post("/generate", bad)
     assert r.status_code == 400 and "redknot_recompute_ratio must be a number in [0, 1]" in r.text
+    r = server.post("/generate", body([D2, D1], ratio=0.2, recovery=True))
+    assert r.status_code == 400 and "give redknot_recompute_ratio or redknot_recovery, not both" in r.text
 
 
 def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server):

@@ -1,8 +1,9 @@
 """Soak on CPU: 1,000 mixed requests through a head-split server (small windows, tight pools so
 the window slides, the tree tombstones and evicts, and admission waits), with shared prefixes,
-marked documents in random orders (captured, placed: selective recompute, place only, recovery with
-sparse FFN) and aborts mid-prefill and mid-decode. Afterwards every slot of both pools and every request row must
-be free (the allocators' counts, read from /get_server_info), and the server still answers."""
+marked documents in random orders (captured, placed: selective recompute at the server's ratio,
+place only, selective recompute at a ratio of the request's own) and aborts mid-prefill and
+mid-decode. Afterwards every slot of both pools and every request row must be free (the
+allocators' counts, read from /get_server_info), and the server still answers."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ def _marked(rng: random.Random, system: list[int], docs: list[list[int]]) -> dic
         spans.append([len(ids), len(ids) + len(d)])
         ids += d
     params = {"redknot_documents": spans}
-    mode = rng.random()  # selective recompute (the default), place only, recovery: a third each
-    if mode < 2 / 3:
-        params["redknot_recovery"] = mode < 1 / 3
+    mode = rng.random()  # selective recompute (the default), place only, selective at 0.3: a third each
+    if mode < 1 / 3:
+        params["redknot_recovery"] = False
+    elif mode < 2 / 3:
+        params["redknot_recompute_ratio"] = 0.3
     return {"input_ids": ids + [rng.randrange(100, 40000) for _ in range(8)], "custom_params": params}
 
 
@@ -74,7 +77,7 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     args = (*CPU_ARGS, *REDKNOT_ARGS, "--redknot-head-profile", str(path),
             "--max-total-tokens", "6000", "--redknot-window-pool-ratio", "0.3",
             "--chunked-prefill-size", "256", "--max-running-requests", "24",
-            "--redknot-sink-cache-blocks", "4", "--redknot-sparse-ffn-keep", "0.5", "--redknot-sparse-ffn-from-layer", "20")
+            "--redknot-sink-cache-blocks", "4")
     rng = random.Random(0)
     prefixes = [f"System prompt {k}: " + _text(rng, 150) + " " for k in range(6)]
     docs = [[rng.randrange(100, 40000) for _ in range(n)] for n in (24, 60, 90, 120, 45, 150, 75, 30, 100)]
@@ -102,7 +105,7 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     assert busy["full_evictable"] > 0 and busy["sink_blocks_used"] > 0  # the tree and sink cache were used
     reuse = busy["documents"]
     assert reuse["captured_documents"] >= 8 and reuse["placed_requests"] >= 50, reuse  # documents were reused
-    assert reuse["ffn_skipped_token_layers"] > 0, reuse
+    assert reuse["recomputed_tokens"] > 0, reuse  # selective requests recomputed
     assert after["documents"]["documents"] == 0 and after["documents"]["device_bytes"] == 0
     for pool in ("full", "swa"):
         assert after[f"{pool}_available"] == after[f"{pool}_size"], (pool, after)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 
 import pytest
 
@@ -23,20 +24,18 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_flag_defaults_are_the_config_defaults():
     cfg = config_from_args(_args(), MODEL, context_len=8192)
     for field in dataclasses.fields(RedknotConfig):
-        if field.name not in ("profile_source", "profile", "sparse_ffn_from_layer"):
+        if field.name not in ("profile_source", "profile"):
             assert getattr(cfg, field.name) == field.default, field.name
     assert cfg.profile.all_heads_global and cfg.profile_source == "all-global"
-    assert cfg.sparse_ffn_from_layer == 15  # half the served model's layers
-    assert config_from_args(_args("--redknot-sparse-ffn-from-layer", "3"), MODEL, 8192).sparse_ffn_from_layer == 3
 
 
 @pytest.mark.parametrize("argv, message", [
     (("--redknot-window-pool-ratio", "1.5"), "window-pool-ratio must be in (0, 1]"),
     (("--redknot-sink-cache-blocks", "-1"), "sink-cache-blocks must be >= 0"),
     (("--redknot-max-document-tokens", "0"), "max-document-tokens must be > 0"),
-    (("--redknot-sparse-ffn-keep", "0"), "sparse-ffn-keep must be in (0, 1]"),
+    (("--redknot-recompute-ratio", "1.5"), "recompute-ratio must be in [0, 1]"),
     (("--redknot-segment-store-gb", "-2"), "must be >= 0"),
 ])
 def test_bad_values_are_refused(argv, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_args(_args(*argv), MODEL, 8192)

@@ -61,10 +61,10 @@ def setup():
     return types.SimpleNamespace(pool=pool, alloc=alloc, store=store, reuse=reuse, k0=k0, v=v, cols=cols)
 
 
-def _request(s, rid: str, *, salt: str | None = None, recovery: bool = True) -> Req:
-    """A request whose prompt is PREFIX + DOC + QUERY, after SGLang matched PREFIX in the tree."""
+def _request(s, rid: str, *, salt: str | None = None) -> Req:
+    """A place-only request whose prompt is PREFIX + DOC + QUERY, after SGLang matched PREFIX in the tree."""
     ids = PREFIX + DOC + QUERY
-    params = SamplingParams(max_new_tokens=4, custom_params={DOCUMENTS_KEY: [8, 20], RECOVERY_KEY: recovery})
+    params = SamplingParams(max_new_tokens=4, custom_params={DOCUMENTS_KEY: [8, 20], RECOVERY_KEY: False})
     req = Req(rid, "", ids, params, extra_key=salt)
     req.full_untruncated_fill_ids = ids  # what init_next_round_input sets
     req.prefix_indices = s.alloc.alloc(len(PREFIX))  # the tree's slots of the exact prefix
@@ -78,7 +78,7 @@ def test_placed_slots_hold_the_document_turned_to_its_offset(setup):
     assert s.reuse.place(req, tree=None)
     placed = req.prefix_indices[len(PREFIX):]
     assert len(placed) == len(DOC) and s.reuse.is_approximate(req)
-    assert s.reuse._requests[req.rid].recovered_from == 20
+    assert not s.reuse.holds_placed_windows(req)  # place only: no recompute extend to keep them for
     assert s.alloc.full_available_size() == full0 - 8 - 12
     assert s.alloc.swa_available_size() == swa0 - 8 - WINDOW  # window slots for the last W only
     s.reuse.begin_forward(is_extend=True)  # the writer

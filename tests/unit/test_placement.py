@@ -17,29 +17,26 @@ def summary(pieces):
     return [(p.span, p.doc_from, p.length, p.delta) for p in pieces]
 
 
-def test_without_recovery_documents_after_the_exact_prefix_are_placed_up_to_a_gap():
-    pieces = plan_pieces(SPANS, 10, PROMPT, cached(*SPANS), recovery=False)
+def test_documents_after_the_exact_prefix_are_placed_up_to_a_gap():
+    pieces = plan_pieces(SPANS, 10, PROMPT, cached(*SPANS))
     assert summary(pieces) == [((10, 40), 0, 30, 10), ((40, 60), 0, 20, 40)]  # stops at the text gap
-
-
-def test_with_recovery_only_the_first_document_is_placed():
-    assert summary(plan_pieces(SPANS, 10, PROMPT, cached(*SPANS), recovery=True)) == [((10, 40), 0, 30, 10)]
+    assert summary(plan_pieces(SPANS, 65, PROMPT, cached(*SPANS))) == [((65, 90), 0, 25, 65)]  # the next chunk's run
 
 
 def test_a_match_into_a_document_places_its_rest_and_an_uncached_document_stops_the_run():
-    pieces = plan_pieces(SPANS, 25, PROMPT, cached((10, 40)), recovery=False)
+    pieces = plan_pieces(SPANS, 25, PROMPT, cached((10, 40)))
     assert summary(pieces) == [((10, 40), 15, 15, 10)]
-    assert plan_pieces(SPANS, 10, PROMPT, cached((40, 60)), recovery=False) == []  # first one missing
-    assert plan_pieces(SPANS, 5, PROMPT, cached(*SPANS), recovery=False) == []  # uncached text first
-    assert plan_pieces(SPANS, 60, PROMPT, cached(*SPANS), recovery=False) == []  # the tree has them
+    assert plan_pieces(SPANS, 10, PROMPT, cached((40, 60))) == []  # first one missing
+    assert plan_pieces(SPANS, 5, PROMPT, cached(*SPANS)) == []  # uncached text first
+    assert plan_pieces(SPANS, 60, PROMPT, cached(*SPANS)) == []  # the tree has them
 
 
 def test_a_document_that_ends_the_prompt_is_computed():
-    assert plan_pieces([(10, 40), (40, 100)], 10, 100, cached((10, 40), (40, 100)), recovery=False)[-1].span == (10, 40)
+    assert plan_pieces([(10, 40), (40, 100)], 10, 100, cached((10, 40), (40, 100)))[-1].span == (10, 40)
 
 
 def test_window_rows_come_from_the_documents_tails_last_piece_first():
-    pieces = plan_pieces(SPANS, 25, PROMPT, cached(*SPANS), recovery=False)  # A[15:30] + B[0:20]
+    pieces = plan_pieces(SPANS, 25, PROMPT, cached(*SPANS))  # A[15:30] + B[0:20]
     assert window_rows(pieces, 16, tail=16) == [(1, 0, 16)]  # B's tail is its last 16 rows
     assert window_rows(pieces, 16, tail=32) == [(1, 4, 16)]  # 20-row tail, the last 16
     assert window_rows(pieces, 32, tail=32) == [(1, 0, 20), (0, 18, 12)]  # A's 30-row tail, last 12
@@ -49,7 +46,9 @@ def test_window_rows_come_from_the_documents_tails_last_piece_first():
 def test_request_documents_read_the_scheduler_s_flat_spans_and_the_mode():
     assert RequestDocuments.of(None, 0.2) is None and RequestDocuments.of({"x": 1}, 0.2) is None
     docs = RequestDocuments.of({"redknot_documents": [1, 5, 7, 9], "redknot_recovery": False}, 0.2)
-    assert docs.spans == ((1, 5), (7, 9)) and docs.recovery is False and docs.ratio == 0
-    assert RequestDocuments.of({"redknot_documents": [1, 5], "redknot_recovery": True}, 0.2).recovery is True
-    assert RequestDocuments.of({"redknot_documents": [1, 5]}, 0.2).ratio == 0.2  # the server's default
+    assert docs.spans == ((1, 5), (7, 9)) and docs.ratio == 0 and not docs.selective  # place only
+    default = RequestDocuments.of({"redknot_documents": [1, 5]}, 0.2)
+    assert default.ratio == 0.2 and default.selective  # the server's ratio
+    assert RequestDocuments.of({"redknot_documents": [1, 5], "redknot_recovery": True}, 0.2) == default
     assert RequestDocuments.of({"redknot_documents": [1, 5], "redknot_recompute_ratio": 0.5}, 0.2).ratio == 0.5
+    assert not RequestDocuments.of({"redknot_documents": [1, 5]}, 0.0).selective  # a place-only server

@@ -6,10 +6,10 @@ documents right after its prefix (:meth:`DocumentReuse.place`): its prefix grows
 shrinks, and SGLang's budget sees the placed slots as already taken (they are allocated). If the
 request is not admitted, the placement is undone, so a waiting request holds nothing.
 
-Without recovery, a cached document may also follow computed text: the admitted extend is then
-cut where it starts (:meth:`DocumentReuse.cut_point`), which makes the request a chunked one, and
-the next chunk's admission places the run; a selective request's last extend is cut one token
-short, and its last token's round recomputes (:meth:`DocumentReuse.rewrite_batch`)::
+A cached document may also follow computed text: the admitted extend is then cut where it starts
+(:meth:`DocumentReuse.cut_point`), which makes the request a chunked one, and the next chunk's
+admission places the run; a selective request's last extend is cut one token short, and its last
+token's round recomputes (:meth:`DocumentReuse.rewrite_batch`)::
 
     prompt:   [ sys ][ A cached ][ B new ][ C cached ][ D cached ][ query    ]
     round 1:         placed       computed | cut

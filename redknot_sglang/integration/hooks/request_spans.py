@@ -3,7 +3,9 @@
 ``ValueError``, which SGLang answers with HTTP 400 and the message; other requests go on.
 
 Valid marks are rewritten in place as flat token ranges ``[s0, e0, s1, e1, ...]`` (a list of
-integers, the shape ``custom_params`` values keep through SGLang's IPC) for the scheduler.
+integers, the shape ``custom_params`` values keep through SGLang's IPC) for the scheduler. The mode
+keys are checked here too: ``redknot_recovery`` a boolean, ``redknot_recompute_ratio`` in [0, 1],
+not both, and no selective recompute asked of a server whose ``--redknot-recompute-ratio`` is 0.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def validate_documents(result: Any, manager: Any, obj: Any, input_ids: Any, *arg
         if ratio > 0 and cfg.recompute_ratio == 0:
             raise SpanError(f"{RATIO_KEY} > 0 needs a server started with --redknot-recompute-ratio > 0 "
                             "(its segment store then keeps documents' local heads whole)")
+    if params.get(RECOVERY_KEY) is True and cfg.recompute_ratio == 0:
+        raise SpanError(f"{RECOVERY_KEY}: true (selective recompute at the server's ratio) needs a server started "
+                        "with --redknot-recompute-ratio > 0 (this one's is 0: it places only)")
 
     def encode(text: str) -> list[int]:
         return manager.tokenizer.encode(text, add_special_tokens=False)
