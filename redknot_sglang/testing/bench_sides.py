@@ -83,10 +83,10 @@ class SidesFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(sides, indent=2))
 
-    def complete(self) -> Optional[dict]:
-        """Every side's results, or None while a side is missing."""
+    def complete(self, expected: tuple[str, ...] = SIDES) -> Optional[dict]:
+        """Every ``expected`` side's results, or None while one is missing."""
         sides = self.load()
-        return sides if all(s in sides for s in SIDES) else None
+        return sides if all(s in sides for s in expected) else None
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

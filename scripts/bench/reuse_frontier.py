@@ -56,7 +56,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
     warm = workload("warm", args.warm_requests, reuse_rate=1.0, pool=pool, **shape)
     cold = workload("cold", args.cold_requests, reuse_rate=args.reuse_rate, **shape)
     out: dict = {"device": device_name(), "flags": flags, "results": partial.side(side).get("results", {})}
-    modes = {"stock": None} if side == "stock" else {"full": None, **{str(r): r for r in args.ratios}}
+    modes = {"stock": None} if side == "stock" else {**{str(r): r for r in args.ratios}, "full": None}
     modes = {m: r for m, r in modes.items() if m not in out["results"]}  # measured by an earlier call
     with Server(model, flags, log_path=Path(args.log_dir) / f"frontier_{side}.log", timeout_s=900) as server:
         for mode, ratio in modes.items():
@@ -188,6 +188,7 @@ def main() -> None:
                     "results; on the device a path under $OUT comes back even if the call is cut)")
     ap.add_argument("--resume", action="store_true", help="start from the sides of the committed "
                     "reuse_frontier.json (modes measured there are not measured again)")
+    ap.add_argument("--remeasure", nargs="*", default=[], help="with --resume: modes (e.g. 0.1) measured again")
     ap.add_argument("--fast-start", action="store_true", help="redknot side: SGLang's Triton kernels for the global "
                     "heads and no CUDA graphs (no FlashInfer JIT, no capture: a server up within a short device "
                     "call; TTFT of max_new 1 runs no decode graph); recorded in the flags")
@@ -197,6 +198,7 @@ def main() -> None:
     partial = SidesFile(args.partial or results / "_partial_reuse_frontier.json")
     if args.resume and not partial.load():
         for side, out in json.loads((results / "reuse_frontier.json").read_text())["sides"].items():
+            out["results"] = {m: r for m, r in out["results"].items() if m not in args.remeasure}
             partial.save(side, out)
     for side in {"both": SIDES, "none": ()}.get(args.side, (args.side,)):
         run_side(side, args, model, profile, partial)

@@ -1,0 +1,130 @@
+"""Long prompts reused from the radix cache (issue 13, item 0): each prompt sent once, then again,
+then extended by a turn; cached tokens and time to first token of the second and third sending, per
+prompt length, on stock SGLang and on RedKnot (local heads keep only sink + window), with and
+without ``--redknot-chunk-window-checkpoints``.
+
+Per length ``L`` (default 8K, 32K, 64K): ``n`` prompts of ``L - 300`` random tokens (seeded), all
+sent once with 4 new tokens, then each again with 1 new token (timed), then each extended by its
+4 answer tokens and a 200-token turn (timed). Sides (one server each, context 64K + 64):
+``stock`` (FlashInfer + radix cache), ``redknot`` and ``redknot-checkpoints`` (the 15% profile,
+window 1024, sink 64). One side per device call is enough (a partial file carries the others);
+once every side is in, writes bench/results/prefix_reuse.json and prints the table.
+``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import requests
+
+from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_name, side_flags
+from redknot_sglang.testing.server import Server
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+SIDES = {"stock": (), "redknot": (), "redknot-checkpoints": ("--redknot-chunk-window-checkpoints",)}
+TURN = 200
+
+
+def send(url: str, ids: list[int], max_new: int) -> tuple[float, int, list[int]]:
+    """(seconds to the first streamed token, cached prompt tokens, output ids) of one request."""
+    params = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
+    t0, first, meta, out = time.perf_counter(), None, {}, []
+    with requests.post(url + "/generate", json={"input_ids": ids, "sampling_params": params, "stream": True},
+                       stream=True, timeout=3600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            first = first if first is not None else time.perf_counter() - t0
+            chunk = json.loads(line[6:])
+            meta, out = chunk.get("meta_info", meta), chunk.get("output_ids", out)
+    if first is None:
+        raise RuntimeError("the stream ended without a token")
+    return first, int(meta.get("cached_tokens", 0)), out
+
+
+def prompts(length: int, n: int, vocab: int) -> list[list[int]]:
+    rng = random.Random(f"prefix-{length}")
+    return [[rng.randrange(100, vocab - 100) for _ in range(length - 300)] for _ in range(n)]
+
+
+def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
+    flags = side_flags("stock" if side == "stock" else "redknot", context_len=max(args.lengths),
+                       cpu_smoke=args.cpu_smoke, mem_fraction_static=args.mem_fraction_static, profile=profile)
+    flags += [*SIDES[side], *(["--chunked-prefill-size", "512", "--max-total-tokens", "16000"] if args.cpu_smoke else [])]
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    out = {"device": device_name(), "flags": flags, "results": {}}
+    with Server(model, flags, log_path=Path(args.log_dir) / f"prefix_{side}.log", timeout_s=900) as server:
+        for length, n in zip(args.lengths, args.prompts):
+            ps = prompts(length, n, vocab)
+            first = [send(server.url, p, 4) for p in ps]
+            again = [send(server.url, p, 1) for p in ps]
+            turn = [send(server.url, p + o + [150 + i for i in range(TURN)], 1) for p, (_, _, o) in zip(ps, first)]
+            row = {"prompts": n, "prompt_len": length - 300,
+                   "first_ttft_s": statistics.median(t for t, _, _ in first),
+                   "again_ttft_s": statistics.median(t for t, _, _ in again),
+                   "again_cached_tokens": [c for _, c, _ in again],
+                   "turn_ttft_s": statistics.median(t for t, _, _ in turn),
+                   "turn_cached_tokens": [c for _, c, _ in turn]}
+            out["results"][str(length)] = row
+            partial.save(side, out)
+            print(f"[{side} {length}] {row}", flush=True)
+
+
+def write(sides: dict, results: Path, model: Path) -> None:
+    rows = []
+    for length in sides["stock"]["results"]:
+        row: dict = {"prompt_len": sides["stock"]["results"][length]["prompt_len"]}
+        for side in SIDES:
+            r = sides[side]["results"].get(length)
+            key = side.replace("-", "_")
+            row[f"{key}_cached_tokens"] = r and min(r["again_cached_tokens"])
+            row[f"{key}_ttft_s"] = r and round(r["again_ttft_s"], 4)
+            row[f"{key}_turn_cached_tokens"] = r and min(r["turn_cached_tokens"])
+            row[f"{key}_turn_ttft_s"] = r and round(r["turn_ttft_s"], 4)
+            row[f"{key}_first_ttft_s"] = r and round(r["first_ttft_s"], 4)
+        rows.append(row)
+    out = {"device": sides["stock"]["device"], "model": f"{model.name} (dummy weights)",
+           "request": "prompt sent once (4 new tokens), again (1 new token: the row's TTFT and cached tokens, the "
+                      f"fewest over the prompts), then extended by its answer and a {TURN}-token turn",
+           "flags": {s: v["flags"] for s, v in sides.items()}, "results": rows, "sides": sides}
+    (results / "prefix_reuse.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\n{'prompt':>7} | {'cached: stock':>13} {'redknot':>8} {'ckpt':>8} | {'TTFT s: stock':>13} {'redknot':>8} "
+          f"{'ckpt':>8} | {'turn cached: stock':>18} {'redknot':>8} {'ckpt':>8}  ({out['device']})")
+    for r in rows:
+        print(f"{r['prompt_len']:>7} | {r['stock_cached_tokens']!s:>13} {r['redknot_cached_tokens']!s:>8} "
+              f"{r['redknot_checkpoints_cached_tokens']!s:>8} | {r['stock_ttft_s']!s:>13} {r['redknot_ttft_s']!s:>8} "
+              f"{r['redknot_checkpoints_ttft_s']!s:>8} | {r['stock_turn_cached_tokens']!s:>18} "
+              f"{r['redknot_turn_cached_tokens']!s:>8} {r['redknot_checkpoints_turn_cached_tokens']!s:>8}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", nargs="+", choices=(*SIDES, "none"), default=list(SIDES))
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536])
+    ap.add_argument("--prompts", type=int, nargs="+", default=[8, 8, 4], help="prompts per length")
+    ap.add_argument("--mem-fraction-static", type=float, default=0.35)
+    ap.add_argument("--log-dir", default="/tmp")
+    ap.add_argument("--partial", type=Path, help="the sides file (default: _partial_prefix_reuse.json next to the results)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
+    args = ap.parse_args()
+    if args.cpu_smoke:
+        args.lengths, args.prompts = [1600, 2600], [2, 2]
+    model, results, profile = bench_setup(args.cpu_smoke, RESULTS)
+    partial = SidesFile(args.partial or results / "_partial_prefix_reuse.json")
+    for side in (s for s in args.side if s != "none"):
+        run_side(side, args, model, profile, partial)
+    sides = partial.complete(tuple(SIDES))
+    if sides is not None:
+        write(sides, results, model)
+        partial.clear()
+
+
+if __name__ == "__main__":
+    main()
