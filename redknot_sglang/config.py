@@ -39,7 +39,7 @@ class RedknotConfig:
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
     recompute_ratio: float = 0.1  # selective recompute of marked requests (reuse/recompute.py); 0: place only
-    chunk_window_checkpoints: bool = False
+    chunk_window_checkpoints: bool = True
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
         """The SGLang backend whose kernels serve the global heads (and all heads when the
@@ -119,12 +119,14 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--redknot-chunk-window-checkpoints",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=_default("chunk_window_checkpoints"),
         help="Local heads keep a window only at each prefill chunk's end of a cached prompt (SGLang's "
-        "SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS): long prompts then stay reusable under "
-        "window-pool pressure, and a prompt that forks inside an earlier one reuses up to the last "
-        "chunk end before the fork (off: every cached token keeps its window slot until evicted).",
+        "SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS; on by default): long prompts stay reusable "
+        "under window-pool pressure, and a prompt that forks inside an earlier one reuses up to the "
+        "last chunk end before the fork. --no-redknot-chunk-window-checkpoints: every cached token "
+        "keeps its window slot until evicted (repeated long prompts then miss once the window pool "
+        "is full).",
     )
 
 

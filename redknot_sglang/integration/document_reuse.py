@@ -229,14 +229,19 @@ class DocumentReuse:
             del self._requests[req.rid]
 
     def cut_point(self, req: Req, start: int, end: int) -> Optional[int]:
-        """Where an admitted extend ``[start, end)`` stops short, or None: where a cached document
-        follows computed ones (the run is placed before the next chunk: :meth:`place`), or, for a
-        selective request holding placed KV, one token before the prompt's end or where its prompt
-        logprobs start, if earlier (the rest's extend becomes the recompute set, which ends with
-        it: :meth:`rewrite_batch`)."""
+        """Where an admitted extend ``[start, end)`` stops short, or None: at the first document's
+        start (the text before it, a system prompt that later requests share, then enters the tree
+        as a chunk of its own, whose end keeps a window: an exact prefix to place documents after),
+        where a cached document follows computed ones (the run is placed before the next chunk:
+        :meth:`place`), or, for a selective request holding placed KV, one token before the
+        prompt's end or where its prompt logprobs start, if earlier (the rest's extend becomes the
+        recompute set, which ends with it: :meth:`rewrite_batch`)."""
         docs = self.documents(req)
         if docs is None or self.allocator.page_size != 1:
             return None
+        first = docs.spans[0][0]
+        if start < first < end and first >= self.sink:
+            return first
         ids, ns = req.origin_input_ids, self.namespace(req)
         for s, e in docs.spans:
             if start < s < end and e < len(ids) and self.store.contains(ns, ids[s:e]):

@@ -1,12 +1,12 @@
 """Long prompts reused from the radix cache (issue 13, item 0): each prompt sent once, then again,
 then extended by a turn; cached tokens and time to first token of the second and third sending, per
-prompt length, on stock SGLang and on RedKnot (local heads keep only sink + window), with and
-without ``--redknot-chunk-window-checkpoints``.
+prompt length, on stock SGLang and on RedKnot (local heads keep only sink + window) with its default
+chunk window checkpoints and without them (``--no-redknot-chunk-window-checkpoints``).
 
 Per length ``L`` (default 8K, 32K, 64K): ``n`` prompts of ``L - 300`` random tokens (seeded), all
 sent once with 4 new tokens, then each again with 1 new token (timed), then each extended by its
 4 answer tokens and a 200-token turn (timed). Sides (one server each, context 64K + 64):
-``stock`` (FlashInfer + radix cache), ``redknot`` and ``redknot-checkpoints`` (the 15% profile,
+``stock`` (FlashInfer + radix cache), ``redknot`` and ``redknot-no-checkpoints`` (the 15% profile,
 window 1024, sink 64). One side per device call is enough (a partial file carries the others);
 once every side is in, writes bench/results/prefix_reuse.json and prints the table.
 ``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
@@ -27,7 +27,7 @@ from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_na
 from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
-SIDES = {"stock": (), "redknot": (), "redknot-checkpoints": ("--redknot-chunk-window-checkpoints",)}
+SIDES = {"stock": (), "redknot": (), "redknot-no-checkpoints": ("--no-redknot-chunk-window-checkpoints",)}
 TURN = 200
 
 
@@ -57,7 +57,8 @@ def prompts(length: int, n: int, vocab: int) -> list[list[int]]:
 def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
     flags = side_flags("stock" if side == "stock" else "redknot", context_len=max(args.lengths),
                        cpu_smoke=args.cpu_smoke, mem_fraction_static=args.mem_fraction_static, profile=profile)
-    flags += [*SIDES[side], *(["--chunked-prefill-size", "512", "--max-total-tokens", "16000"] if args.cpu_smoke else [])]
+    small = ["--chunked-prefill-size", "512", "--max-total-tokens", "16000"]
+    flags += [*SIDES[side], *(small if args.cpu_smoke else ["--disable-cuda-graph"])]  # TTFT only: no decode graphs
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     out = {"device": device_name(), "flags": flags, "results": {}}
     with Server(model, flags, log_path=Path(args.log_dir) / f"prefix_{side}.log", timeout_s=900) as server:
@@ -95,13 +96,13 @@ def write(sides: dict, results: Path, model: Path) -> None:
                       f"fewest over the prompts), then extended by its answer and a {TURN}-token turn",
            "flags": {s: v["flags"] for s, v in sides.items()}, "results": rows, "sides": sides}
     (results / "prefix_reuse.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\n{'prompt':>7} | {'cached: stock':>13} {'redknot':>8} {'ckpt':>8} | {'TTFT s: stock':>13} {'redknot':>8} "
-          f"{'ckpt':>8} | {'turn cached: stock':>18} {'redknot':>8} {'ckpt':>8}  ({out['device']})")
+    print(f"\n{'prompt':>7} | {'cached: stock':>13} {'redknot':>8} {'no ckpt':>8} | {'TTFT s: stock':>13} {'redknot':>8} "
+          f"{'no ckpt':>8} | {'turn cached: stock':>18} {'redknot':>8} {'no ckpt':>8}  ({out['device']})")
     for r in rows:
         print(f"{r['prompt_len']:>7} | {r['stock_cached_tokens']!s:>13} {r['redknot_cached_tokens']!s:>8} "
-              f"{r['redknot_checkpoints_cached_tokens']!s:>8} | {r['stock_ttft_s']!s:>13} {r['redknot_ttft_s']!s:>8} "
-              f"{r['redknot_checkpoints_ttft_s']!s:>8} | {r['stock_turn_cached_tokens']!s:>18} "
-              f"{r['redknot_turn_cached_tokens']!s:>8} {r['redknot_checkpoints_turn_cached_tokens']!s:>8}")
+              f"{r['redknot_no_checkpoints_cached_tokens']!s:>8} | {r['stock_ttft_s']!s:>13} {r['redknot_ttft_s']!s:>8} "
+              f"{r['redknot_no_checkpoints_ttft_s']!s:>8} | {r['stock_turn_cached_tokens']!s:>18} "
+              f"{r['redknot_turn_cached_tokens']!s:>8} {r['redknot_no_checkpoints_turn_cached_tokens']!s:>8}")
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def _redknot(smollm2, fingerprint, tmp_path, window: int) -> dict:
     synthetic_profile(fingerprint, global_ratio=0.15, window=window, sink=64, seed=0).save(path)
     ratio = "0.25" if window == WINDOW else "0.5"  # 7500 window slots: every cached window fits, a cached prompt's every slot does not
     with Server(smollm2, (*COMMON, *REDKNOT_ARGS, "--redknot-head-profile", str(path),
-                          "--redknot-window-pool-ratio", ratio, "--redknot-chunk-window-checkpoints")) as server:
+                          "--redknot-window-pool-ratio", ratio)) as server:
         return _session(server)
 
 

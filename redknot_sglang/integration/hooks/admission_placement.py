@@ -8,10 +8,13 @@ request is not admitted, the placement is undone, so a waiting request holds not
 
 A cached document may also follow computed text: the admitted extend is then cut where it starts
 (:meth:`DocumentReuse.cut_point`), which makes the request a chunked one, and the next chunk's
-admission places the run; a selective request's last extend is cut one token short, and its last
-token's round recomputes (:meth:`DocumentReuse.rewrite_batch`)::
+admission places the run; so is the extend of a request that computes its system prompt (cut at
+its first document: the prompt's chunk keeps a window, the exact prefix of later requests); a
+selective request's last extend is cut one token short, and its last token's round recomputes
+(:meth:`DocumentReuse.rewrite_batch`)::
 
     prompt:   [ sys ][ A cached ][ B new ][ C cached ][ D cached ][ query    ]
+    round 0:  computed | cut                                          (sys not in the tree yet)
     round 1:         placed       computed | cut
     round 2:                                 placed     placed      computed | cut (selective)
     round 3:                                                                  last token -> recompute set

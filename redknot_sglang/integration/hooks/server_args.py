@@ -58,9 +58,9 @@ def from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namesp
         # default in 0.5.17, on in 0.5.23): without it a cached prompt keeps window slots for all its
         # tokens, and the window pool, sized for windows, holds the last windows of a few prompts
         # only; their eviction made every long prompt miss (issue 13: 0 of 32K tokens reused). With
-        # it, a fork inside an earlier prompt reuses only up to that prompt's last chunk end before
-        # the fork (a RAG system prompt shorter than a chunk is then no exact prefix for document
-        # placement: two CPU reuse tests fail with it), so it is opt-in until the GPU rows decide.
+        # it, a fork inside an earlier prompt reuses up to that prompt's last chunk end before the
+        # fork; a marked request's extend is cut at its first document, so a shared system prompt
+        # ends a chunk and keeps its window (DocumentReuse.cut_point).
         os.environ.setdefault("SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS", "1")
     server_args = original(cls, args)
     setattr(server_args, ATTR, cfg)
