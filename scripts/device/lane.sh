@@ -37,7 +37,7 @@ for step in "$@"; do
            # the JSON); never the checkout's older copies, which would overwrite an --out under $OUT
            for f in "bench/results/$bench.json" "bench/results/$bench.png" "bench/results/_partial_$bench.json"; do
              [ "$f" -nt /tmp/bench-start ] && cp "$f" "$OUT/"; done
-           for f in /tmp/frontier_*.log /tmp/fidelity-*.log /tmp/rag_*.log /tmp/prefix_*.log; do
+           for f in /tmp/frontier_*.log /tmp/fidelity-*.log /tmp/prefix_*.log; do
              [ -f "$f" ] && tail -c 2000000 "$f" | gzip > "$OUT/$(basename "$f").gz"; done ;;
     profile) mkdir -p /tmp/prof/work
              [ -d .gpu/prof-work ] && cp -n .gpu/prof-work/* /tmp/prof/work/
