@@ -13,11 +13,6 @@ global group's; it keeps its metadata, CUDA-graph state and kernels. New K/V are
 global heads into full slots, local heads into window slots and (positions below the sink) into the
 request's sink row.
 
-An extend of one new token per request (a prompt whose every other token the radix cache held: a
-repeated prompt) runs on the split-K decode kernels on CUDA, both head classes: SGLang's extend
-kernels give a lone query over a long prefix a handful of programs (measured on an H200 at 32K:
-79 ms to the first token against stock FlashInfer's 44).
-
 An extend holding a selective request's recompute set (queries at scattered positions, see
 :mod:`redknot_sglang.integration.document_reuse`) runs both head classes on the position-causal
 SegPaged kernels instead (``full_extend`` over the full slots for the global heads); the extends
@@ -119,7 +114,6 @@ class HeadSplitAttnBackend(AttentionBackend):
         self._global_layers: dict[int, Any] = {}
         self._extend_rows: Optional[torch.Tensor] = None
         self._scattered = False  # this extend holds a recompute set at scattered positions
-        self._one_token = False  # this extend computes one token per request (decode kernels)
 
     # ------------------------------------------------------------------ metadata
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -134,8 +128,6 @@ class HeadSplitAttnBackend(AttentionBackend):
                                       self.req_to_token_pool.req_to_token)
         self._scattered = reuse is not None and reuse.scattered
         self.base.init_forward_metadata(forward_batch)
-        self._one_token = (forward_batch.forward_mode.is_extend() and self.local_impl == "triton"
-                           and not self._scattered and max(forward_batch.extend_seq_lens_cpu) == 1)
         if forward_batch.forward_mode.is_extend():
             self._extend_rows = torch.repeat_interleave(
                 forward_batch.req_pool_indices, forward_batch.extend_seq_lens
@@ -204,9 +196,6 @@ class HeadSplitAttnBackend(AttentionBackend):
         if not decode and self._scattered:
             self._by_position(q3, o, layer, forward_batch)
             return o.view(q.shape[0], -1)
-        if not decode and self._one_token:
-            self._one_token_extend(q3, o, layer, forward_batch)
-            return o.view(q.shape[0], -1)
         if heads.num_global:
             base_fwd = self.base.forward_decode if decode else self.base.forward_extend
             kg = None if k is None else k[:, : heads.num_global]
@@ -255,24 +244,6 @@ class HeadSplitAttnBackend(AttentionBackend):
             local_attention_torch(q3[:, ng:], o[:, ng:], k_win, v_win, k_sink, v_sink, r2t,
                                   pool.full_to_swa_index_mapping, rows, seq_lens, q_lens, heads.window, heads.sink,
                                   layer.scaling, q_positions=forward_batch.positions)
-
-    def _one_token_extend(self, q3: torch.Tensor, o: torch.Tensor, layer: RadixAttention,
-                          forward_batch: ForwardBatch) -> None:
-        """An extend of one token per request (its K/V stored): both head classes on the split-K
-        decode kernels, global heads over every key of the full slots."""
-        from redknot_sglang.kernels import segpaged
-
-        heads = self.layout.layers[layer.layer_id]
-        ng = heads.num_global * (layer.tp_q_head_num // layer.tp_k_head_num)
-        if heads.num_global:
-            window, sink = segpaged.full_window(heads.num_global, q3.device)
-            pool = self.token_to_kv_pool
-            segpaged.full_decode(q3[:, :ng], o[:, :ng], pool.get_key_buffer(layer.layer_id),
-                                 pool.get_value_buffer(layer.layer_id), self.req_to_token_pool.req_to_token,
-                                 forward_batch.req_pool_indices, forward_batch.seq_lens, window, sink,
-                                 layer.scaling, int(forward_batch.seq_lens_cpu.max()))
-        if heads.num_local:
-            self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode=True)
 
     def _local(self, q: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch, decode: bool) -> None:
         pool = self.token_to_kv_pool

@@ -1,6 +1,5 @@
 """HeadSplitAttnBackend on SGLang's real pool classes (CPU): one extend and three decode steps of two
-requests, and an extend of one token per request after a cached prefix (the decode kernels' path),
-checked per head against the float64 masked-attention reference. Global heads run on
+requests, checked per head against the float64 masked-attention reference. Global heads run on
 SGLang's torch_native backend; local heads on the torch path and on the Triton kernels (interpreter
 on CPU). Window slots that slid out are freed through SGLang's allocator (``free_swa``) and slot 0
 holds NaN, so a read of a freed slot shows."""
@@ -124,45 +123,3 @@ def test_extend_then_decode_matches_reference(local_impl):
             ref = _reference(layout, i, q, k_true[1][i], v_true[1][i], [pos])
             assert not torch.isnan(o).any()
             torch.testing.assert_close(o.double(), ref, rtol=1e-4, atol=1e-4)
-
-
-def test_one_token_extend_after_a_cached_prefix_matches_reference():
-    """A repeated prompt's last token (the rest held by the radix cache): an extend batch of one
-    token per request, which the Triton path runs on the split-K decode kernels."""
-    torch.manual_seed(1)
-    layout, pool, alloc, req_pool, backend, layers = _setup("triton")
-    lens, rows = [23, 12], [1, 2]
-    slots = alloc.alloc(sum(lens))
-    req_pool.req_to_token[1, :23] = slots[:23].int()
-    req_pool.req_to_token[2, :12] = slots[23:].int()
-    k_true = {r: [torch.randn(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
-    v_true = {r: [torch.randn(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
-    for i in range(2):  # the cached prefixes' K/V, as earlier requests stored them
-        g = layout.layers[i].num_global
-        for r, lo, n in ((1, 0, 22), (2, 23, 11)):
-            full_k, full_v = pool.get_kv_buffer(i)
-            full_k[slots[lo:lo + n]] = k_true[r][i][:n, :g]
-            full_v[slots[lo:lo + n]] = v_true[r][i][:n, :g]
-            win = pool.full_to_swa_index_mapping[slots[lo:lo + n]]
-            k_win, v_win, k_sink, v_sink = pool.local_buffers(i)
-            k_win[win], v_win[win] = k_true[r][i][:n, g:], v_true[r][i][:n, g:]
-            k_sink[r, :SINK], v_sink[r, :SINK] = k_true[r][i][:SINK, g:], v_true[r][i][:SINK, g:]
-    last = torch.stack([slots[22], slots[34]])
-    fb = ForwardBatch(
-        forward_mode=ForwardMode.EXTEND, batch_size=2, input_ids=torch.zeros(2, dtype=torch.long),
-        req_pool_indices=torch.tensor(rows), seq_lens=torch.tensor(lens), out_cache_loc=last, seq_lens_sum=35,
-        positions=torch.tensor([22, 11]), extend_seq_lens=torch.tensor([1, 1]),
-        extend_prefix_lens=torch.tensor([22, 11]), extend_start_loc=torch.tensor([0, 1]),
-        extend_seq_lens_cpu=[1, 1], extend_prefix_lens_cpu=[22, 11], seq_lens_cpu=torch.tensor(lens),
-    )
-    backend.init_forward_metadata(fb)
-    assert backend._one_token
-    for i, layer in enumerate(layers):
-        q = torch.randn(2, HKV * GROUP, D)
-        k = torch.stack([k_true[1][i][22], k_true[2][i][11]])
-        v = torch.stack([v_true[1][i][22], v_true[2][i][11]])
-        o = backend.forward_extend(q.view(2, -1), k, v, layer, fb).view(2, -1, D)
-        ref = torch.cat([_reference(layout, i, q[:1], k_true[1][i], v_true[1][i], [22]),
-                         _reference(layout, i, q[1:], k_true[2][i], v_true[2][i], [11])])
-        assert not torch.isnan(o).any()
-        torch.testing.assert_close(o.double(), ref, rtol=1e-4, atol=1e-4)
