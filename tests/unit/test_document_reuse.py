@@ -144,3 +144,20 @@ def test_a_computed_document_is_captured_turned_back_to_position_zero(setup):
         lo = s.cols.local_cols(layer)
         torch.testing.assert_close(kv.k_tail[:, lo], relocate_torch(k_at[layer][20 - WINDOW:20, ng:], SPEC, -8),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_extends_are_cut_at_the_first_document_and_before_a_cached_one(setup):
+    """Where an admitted extend stops: at the first document while the text before it is computed
+    (that text, a shared system prompt, then ends a chunk and keeps its window); before a cached
+    document that follows computed text (placed before the next chunk); nowhere else."""
+    s = setup
+    new = list(range(300, 306))  # a document the store does not have
+    ids = PREFIX + new + DOC + QUERY  # documents at [8, 14) (new) and [14, 26) (cached)
+    params = SamplingParams(max_new_tokens=4, custom_params={DOCUMENTS_KEY: [8, 14, 14, 26], RECOVERY_KEY: False})
+    req = Req("cut", "", ids, params)
+    assert s.reuse.cut_point(req, 0, len(ids)) == 8  # the system prompt is being computed
+    assert s.reuse.cut_point(req, 8, len(ids)) == 14  # the new document computed, then the cached one
+    assert s.reuse.cut_point(req, 14, len(ids)) is None  # placed from here: the rest is computed at once
+    early = Req("early", "", ids, SamplingParams(max_new_tokens=4, custom_params={DOCUMENTS_KEY: [1, 14, 14, 26],
+                                                                                  RECOVERY_KEY: False}))
+    assert s.reuse.cut_point(early, 0, len(ids)) == 14  # a first document inside the sink: no exact prefix there
