@@ -12,6 +12,7 @@ import random
 import time
 from typing import Optional
 
+import orjson
 import requests
 
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY
@@ -45,23 +46,29 @@ def documents(seed: str, n: int, doc_len: int, vocab: int) -> list[list[int]]:
     return [[rng.randrange(100, vocab - 100) for _ in range(doc_len)] for _ in range(n)]
 
 
+def stream(url: str, input_ids: list[int], params: dict) -> tuple[float, dict]:
+    """One streamed ``/generate`` of ``input_ids``: seconds to its first token and its last chunk
+    (``meta_info``, ``output_ids``), read to the end so that the request is over when this returns."""
+    t0, first, last = time.perf_counter(), None, {}
+    with requests.post(url + "/generate", json={"input_ids": input_ids, "sampling_params": params, "stream": True},
+                       stream=True, timeout=3600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                first = first if first is not None else time.perf_counter() - t0
+                last = orjson.loads(line[6:])
+    if first is None:
+        raise RuntimeError("the stream ended without a token")
+    return first, last
+
+
 def ttft(url: str, req: dict, max_new: int, custom: Optional[dict]) -> float:
     """Seconds to the first streamed token of ``req``; ``custom``: its documents marked with these
     ``custom_params`` besides the spans (None: unmarked)."""
     params = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
     if custom is not None:
         params["custom_params"] = {DOCUMENTS_KEY: req["spans"], **custom}
-    t0 = time.perf_counter()
-    with requests.post(url + "/generate", json={"input_ids": req["input_ids"], "sampling_params": params,
-                                                 "stream": True}, stream=True, timeout=3600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                first = time.perf_counter() - t0
-                for _ in r.iter_lines():  # drain: the request ends before the next one is timed
-                    pass
-                return first
-    raise RuntimeError("the stream ended without a token")
+    return stream(url, req["input_ids"], params)[0]
 
 
 def reuse_counters(url: str) -> dict:

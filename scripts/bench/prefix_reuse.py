@@ -18,12 +18,10 @@ import argparse
 import json
 import random
 import statistics
-import time
 from pathlib import Path
 
-import requests
-
 from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_name, side_flags
+from redknot_sglang.testing.rag import stream
 from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
@@ -33,20 +31,8 @@ TURN = 200
 
 def send(url: str, ids: list[int], max_new: int) -> tuple[float, int, list[int]]:
     """(seconds to the first streamed token, cached prompt tokens, output ids) of one request."""
-    params = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
-    t0, first, meta, out = time.perf_counter(), None, {}, []
-    with requests.post(url + "/generate", json={"input_ids": ids, "sampling_params": params, "stream": True},
-                       stream=True, timeout=3600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            first = first if first is not None else time.perf_counter() - t0
-            chunk = json.loads(line[6:])
-            meta, out = chunk.get("meta_info", meta), chunk.get("output_ids", out)
-    if first is None:
-        raise RuntimeError("the stream ended without a token")
-    return first, int(meta.get("cached_tokens", 0)), out
+    first, last = stream(url, ids, {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True})
+    return first, int(last["meta_info"].get("cached_tokens", 0)), last["output_ids"]
 
 
 def prompts(length: int, n: int, vocab: int) -> list[list[int]]:
