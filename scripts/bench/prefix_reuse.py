@@ -9,7 +9,9 @@ sent once with 4 new tokens, then each again with 1 new token (timed), then each
 ``stock`` (FlashInfer + radix cache), ``redknot`` and ``redknot-no-checkpoints`` (the 15% profile,
 window 1024, sink 64). One side per device call is enough (a partial file carries the others);
 once stock and redknot are in, writes bench/results/prefix_reuse.json and prints the table.
-``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp).
+``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp). ``--trace DIR``
+sends each length's first prompt a third time under SGLang's torch profiler (``/start_profile``,
+CPU and GPU activities) and leaves the scheduler's trace in ``DIR/SIDE-LENGTH``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import argparse
 import json
 import random
 import statistics
+import time
 from pathlib import Path
+
+import requests
 
 from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_name, side_flags
 from redknot_sglang.testing.rag import stream
@@ -33,6 +38,19 @@ def send(url: str, ids: list[int], max_new: int) -> tuple[float, int, list[int]]
     """(seconds to the first streamed token, cached prompt tokens, output ids) of one request."""
     first, last = stream(url, ids, {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True})
     return first, int(last["meta_info"].get("cached_tokens", 0)), last["output_ids"]
+
+
+def traced(url: str, ids: list[int], out: Path) -> None:
+    """One more sending of ``ids`` (1 new token) under SGLang's profiler; the trace lands in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    requests.post(f"{url}/start_profile", json={"output_dir": str(out), "activities": ["CPU", "GPU"],
+                                                "record_shapes": True}, timeout=60).raise_for_status()
+    send(url, ids, 1)
+    requests.post(f"{url}/stop_profile", timeout=600).raise_for_status()
+    for _ in range(120):  # the scheduler writes the trace after answering
+        if any(out.glob("*.trace.json*")):
+            return
+        time.sleep(1)
 
 
 def prompts(length: int, n: int, vocab: int) -> list[list[int]]:
@@ -52,6 +70,8 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
             ps = prompts(length, n, vocab)
             first = [send(server.url, p, 4) for p in ps]
             again = [send(server.url, p, 1) for p in ps]
+            if args.trace:
+                traced(server.url, ps[0], args.trace / f"{side}-{length}")
             turn = [send(server.url, p + o + [150 + i for i in range(TURN)], 1) for p, (_, _, o) in zip(ps, first)]
             row = {"prompts": n, "prompt_len": length - 300,
                    "first_ttft_s": statistics.median(t for t, _, _ in first),
@@ -99,6 +119,7 @@ def main() -> None:
     ap.add_argument("--mem-fraction-static", type=float, default=0.35)
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--partial", type=Path, help="the sides file (default: _partial_prefix_reuse.json next to the results)")
+    ap.add_argument("--trace", type=Path, help="a profiler trace of one more second sending per side and length here")
     ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
     args = ap.parse_args()
     if args.cpu_smoke:
