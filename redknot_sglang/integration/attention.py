@@ -39,12 +39,20 @@ def create_attention_backend(model_runner: Any) -> Any:
     if head_split_config(model_runner.server_args) is None:
         logger.warning("redknot: all heads global; base backend %s", base)
         return ATTENTION_BACKENDS[base](model_runner)
+    global_extend = None
     if base == "flashinfer":
-        base = "triton"  # FlashInfer plans fix one head count per wrapper; SGLang's Triton kernels take any
+        # SGLang's FlashInfer backend plans one head count for every layer; the global group's
+        # count differs per layer: extends run on FlashInfer through our plans (one per head
+        # count), decode on SGLang's Triton kernels, which take any count
+        from redknot_sglang.attention.global_extend import FlashInferGlobalExtend
+
+        global_extend = FlashInferGlobalExtend(model_runner.device, model_runner.token_to_kv_pool.dtype)
+        base = "triton"
     from redknot_sglang.integration.head_split_backend import HeadSplitAttnBackend
     from redknot_sglang.model.permute import permute_kv_heads
 
     layout = rank_layout(model_runner)
     changed = permute_kv_heads(model_runner.model, layout)
-    logger.warning("redknot: %s; %d layers reordered; global heads on %s", layout.summary(), changed, base)
-    return HeadSplitAttnBackend(model_runner, layout, base)
+    logger.warning("redknot: %s; %d layers reordered; global heads on %s%s", layout.summary(), changed, base,
+                   " (extends on FlashInfer)" if global_extend is not None else "")
+    return HeadSplitAttnBackend(model_runner, layout, base, global_extend)

@@ -5,7 +5,8 @@ Per layer, after the load-time permutation, query heads ``[0, G*grp)`` read glob
 
     q heads:  | global group: G*grp heads      | local group: (H-G)*grp heads           |
     kernels:  | SGLang's base backend (Triton / | SegPaged: sink row + window slots,     |
-              | torch_native) over full slots   | Triton on CUDA, torch on CPU           |
+              | torch_native) over full slots;  | Triton on CUDA, torch on CPU           |
+              | extends on FlashInfer if given  |                                        |
 
 The base backend is SGLang's own class, built over the head-split pool (whose ``get_key_buffer``
 returns the global heads' buffers) and called with a copy of the layer whose head counts are the
@@ -17,6 +18,10 @@ An extend holding a selective request's recompute set (queries at scattered posi
 :mod:`redknot_sglang.integration.document_reuse`) runs both head classes on the position-causal
 SegPaged kernels instead (``full_extend`` over the full slots for the global heads); the extends
 before it report the question's attention over the global heads (``DocumentReuse.observe``).
+
+With a :class:`~redknot_sglang.attention.global_extend.FlashInferGlobalExtend` (base backend
+``flashinfer``, the default on CUDA), the global heads' extends run on FlashInfer's paged prefill
+instead of the base backend's extend, whose metadata is then not built.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
+from redknot_sglang.attention.global_extend import FlashInferGlobalExtend
 from redknot_sglang.attention.local_torch import local_attention_torch
 from redknot_sglang.heads.layout import RankHeadLayout
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool, sink_targets
@@ -91,7 +97,8 @@ def _own_output(forward_batch: ForwardBatch):
 
 
 class HeadSplitAttnBackend(AttentionBackend):
-    def __init__(self, model_runner: ModelRunner, layout: RankHeadLayout, base_backend: str):
+    def __init__(self, model_runner: ModelRunner, layout: RankHeadLayout, base_backend: str,
+                 global_extend: Optional[FlashInferGlobalExtend] = None):
         from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 
         super().__init__()
@@ -114,6 +121,8 @@ class HeadSplitAttnBackend(AttentionBackend):
         self._global_layers: dict[int, Any] = {}
         self._extend_rows: Optional[torch.Tensor] = None
         self._scattered = False  # this extend holds a recompute set at scattered positions
+        self.global_extend = global_extend
+        self._on_global_extend = False  # this extend's global heads run on ``global_extend``
 
     # ------------------------------------------------------------------ metadata
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -127,8 +136,15 @@ class HeadSplitAttnBackend(AttentionBackend):
                 reuse.fill_recomputes(forward_batch.input_ids, forward_batch.positions, forward_batch.out_cache_loc,
                                       self.req_to_token_pool.req_to_token)
         self._scattered = reuse is not None and reuse.scattered
-        self.base.init_forward_metadata(forward_batch)
-        if forward_batch.forward_mode.is_extend():
+        extend = forward_batch.forward_mode.is_extend()
+        self._on_global_extend = extend and not self._scattered and self.global_extend is not None
+        if self._on_global_extend:
+            self.global_extend.begin(self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
+                                     forward_batch.seq_lens, forward_batch.seq_lens_cpu.tolist(),
+                                     forward_batch.extend_seq_lens_cpu)
+        else:
+            self.base.init_forward_metadata(forward_batch)
+        if extend:
             self._extend_rows = torch.repeat_interleave(
                 forward_batch.req_pool_indices, forward_batch.extend_seq_lens
             )
@@ -196,7 +212,11 @@ class HeadSplitAttnBackend(AttentionBackend):
         if not decode and self._scattered:
             self._by_position(q3, o, layer, forward_batch)
             return o.view(q.shape[0], -1)
-        if heads.num_global:
+        if heads.num_global and not decode and self._on_global_extend:
+            pool = self.token_to_kv_pool
+            o[:, :ng] = self.global_extend.run(q3[:, :ng], pool.get_key_buffer(layer.layer_id),
+                                               pool.get_value_buffer(layer.layer_id), layer.scaling)
+        elif heads.num_global:
             base_fwd = self.base.forward_decode if decode else self.base.forward_extend
             kg = None if k is None else k[:, : heads.num_global]
             vg = None if v is None else v[:, : heads.num_global]

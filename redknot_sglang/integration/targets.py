@@ -123,7 +123,7 @@ RELIED: dict[str, tuple[str, ...]] = {
                                                                 "forward_decode"),
     _S + "model_executor.forward_batch_info.ForwardBatch": (
         "forward_mode", "positions", "input_ids", "out_cache_loc", "seq_lens", "req_pool_indices",
-        "extend_seq_lens", "extend_seq_lens_cpu", "extend_start_loc"),
+        "extend_seq_lens", "extend_seq_lens_cpu", "extend_start_loc", "seq_lens_cpu"),
     _S + "model_executor.model_runner.ModelRunner": ("model", "model_config", "server_args", "device",
                                                      "req_to_token_pool", "token_to_kv_pool",
                                                      "sliding_window_size"),

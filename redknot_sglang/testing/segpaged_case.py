@@ -127,6 +127,19 @@ def reference(case: SegPagedCase) -> torch.Tensor:
     return out
 
 
+def full_buffers(case: SegPagedCase, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V buffers indexed by the case's full slots, on the case's device (unused slots NaN): the
+    global heads' pool."""
+    dev = case.q.device
+    slots = case.full_to_swa.shape[0]
+    k_full = torch.full((slots, *case.k_win.shape[1:]), float("nan"), dtype=dtype, device=dev)
+    v_full = torch.full_like(k_full, float("nan"))
+    for b, (row, n) in enumerate(zip(case.rows.tolist(), case.seq_lens.tolist())):
+        full = case.req_to_token[row, :n].long()
+        k_full[full], v_full[full] = case.k_true[b].to(dev, dtype), case.v_true[b].to(dev, dtype)
+    return k_full, v_full
+
+
 def make_bench_case(
     batch: int, seq_len: int, window: int, sink: int, *, heads: int, group: int, head_dim: int,
     dtype: torch.dtype = torch.bfloat16, device: str = "cuda", seed: int = 0,

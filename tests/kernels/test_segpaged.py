@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from redknot_sglang.attention.local_torch import local_attention_torch
-from redknot_sglang.testing.segpaged_case import make_case, reference
+from redknot_sglang.testing.segpaged_case import full_buffers, make_case, reference
 
 CUDA = torch.cuda.is_available()
 
@@ -100,17 +100,6 @@ def test_triton_kernels_match_reference_real_sizes(decode):
     assert _rel_err(_run_kernel(case, decode), reference(case)) < 1e-2
 
 
-def _full_buffers(case, dev):
-    """K/V buffers indexed by the case's full slots (unused slots NaN): the global heads' pool."""
-    slots = case.full_to_swa.shape[0]
-    k_full = torch.full((slots, *case.k_win.shape[1:]), float("nan"), device=dev)
-    v_full = torch.full_like(k_full, float("nan"))
-    for b, (row, n) in enumerate(zip(case.rows.tolist(), case.seq_lens.tolist())):
-        full = case.req_to_token[row, :n].long()
-        k_full[full], v_full[full] = case.k_true[b].float().to(dev), case.v_true[b].float().to(dev)
-    return k_full, v_full
-
-
 def test_full_decode_reads_every_key_from_the_full_slots():
     """Global heads' decode: the same kernel, unmapped, window 'every key', sink 0, over buffers
     indexed by full slots (unused slots NaN); splits sized by the context length."""
@@ -120,7 +109,7 @@ def test_full_decode_reads_every_key_from_the_full_slots():
     heads = 2
     case = make_case([67, 5, 130], [1, 1, 1], window=[segpaged.FULL_WINDOW] * heads, sink=[0] * heads, group=2,
                      head_dim=32, seed=3, device=dev)
-    k_full, v_full = _full_buffers(case, dev)
+    k_full, v_full = full_buffers(case)
     window, sink = segpaged.full_window(heads, dev)
     out = torch.full_like(case.q, float("nan"))
     segpaged.full_decode(case.q, out, k_full, v_full, case.req_to_token, case.rows, case.seq_lens, window, sink,
@@ -157,7 +146,7 @@ def _extend_scattered(case, heads: str, seed: int):
         segpaged.segpaged_extend(q, out, case.k_win, case.v_win, case.k_sink, case.v_sink, case.req_to_token,
                                  case.full_to_swa, *args, q_positions=q_pos)
     else:
-        segpaged.full_extend(q, out, *_full_buffers(case, q.device), case.req_to_token, *args, q_positions=q_pos)
+        segpaged.full_extend(q, out, *full_buffers(case), case.req_to_token, *args, q_positions=q_pos)
     return out, reference(case)[idx]
 
 
