@@ -47,10 +47,10 @@ def test_a_place_only_server_serves_place_only_requests(mode):
 
 
 @pytest.mark.parametrize("mode, message", [
-    ({"redknot_recovery": True}, "redknot_recovery: true (selective recompute at the server's ratio) needs a server "
-                                 "started with --redknot-recompute-ratio > 0"),
-    ({"redknot_recompute_ratio": 0.3}, "redknot_recompute_ratio > 0 needs a server started with "
-                                       "--redknot-recompute-ratio > 0"),
+    ({"redknot_recovery": True}, "redknot_recovery: true (selective recompute) needs a server started with "
+                                 "--redknot-recompute-ratio > 0"),
+    ({"redknot_recompute_ratio": 0.3}, "redknot_recompute_ratio > 0 (selective recompute) needs a server started "
+                                       "with --redknot-recompute-ratio > 0"),
 ])
 def test_selective_recompute_asked_of_a_place_only_server_is_refused(mode, message):
     with pytest.raises(SpanError, match=re.escape(message)):

@@ -36,12 +36,14 @@ def validate_documents(result: Any, manager: Any, obj: Any, input_ids: Any, *arg
             raise SpanError(f"{RATIO_KEY} must be a number in [0, 1], got {ratio!r:.40}")
         if RECOVERY_KEY in params:
             raise SpanError(f"give {RATIO_KEY} or {RECOVERY_KEY}, not both")
-        if ratio > 0 and cfg.recompute_ratio == 0:
-            raise SpanError(f"{RATIO_KEY} > 0 needs a server started with --redknot-recompute-ratio > 0 "
-                            "(its segment store then keeps documents' local heads whole)")
-    if params.get(RECOVERY_KEY) is True and cfg.recompute_ratio == 0:
-        raise SpanError(f"{RECOVERY_KEY}: true (selective recompute at the server's ratio) needs a server started "
-                        "with --redknot-recompute-ratio > 0 (this one's is 0: it places only)")
+    asked = None  # selective recompute asked for explicitly, in the request's words
+    if params.get(RATIO_KEY, 0) > 0:
+        asked = f"{RATIO_KEY} > 0"
+    elif params.get(RECOVERY_KEY) is True:
+        asked = f"{RECOVERY_KEY}: true"
+    if asked and cfg.recompute_ratio == 0:
+        raise SpanError(f"{asked} (selective recompute) needs a server started with --redknot-recompute-ratio > 0 "
+                        "(this one's is 0: it places only, its store keeps no document's local heads whole)")
 
     def encode(text: str) -> list[int]:
         return manager.tokenizer.encode(text, add_special_tokens=False)
