@@ -27,6 +27,9 @@ from typing import Any, Optional
 import torch
 
 WORKSPACE_BYTES = 256 << 20  # FlashInfer's split-KV scratch (it recommends 128 MiB)
+# head dims FlashInfer's paged prefill dispatches (head_dim 16 fails its dispatch on an H200:
+# "Invalid configuration"); other models keep the base backend's extend
+HEAD_DIMS = (64, 128, 256)
 
 
 def paged_kv_indices(req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor,

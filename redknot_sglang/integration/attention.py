@@ -44,9 +44,10 @@ def create_attention_backend(model_runner: Any) -> Any:
         # SGLang's FlashInfer backend plans one head count for every layer; the global group's
         # count differs per layer: extends run on FlashInfer through our plans (one per head
         # count), decode on SGLang's Triton kernels, which take any count
-        from redknot_sglang.attention.global_extend import FlashInferGlobalExtend
+        from redknot_sglang.attention.global_extend import HEAD_DIMS, FlashInferGlobalExtend
 
-        global_extend = FlashInferGlobalExtend(model_runner.device, model_runner.token_to_kv_pool.dtype)
+        if model_runner.model_config.head_dim in HEAD_DIMS:
+            global_extend = FlashInferGlobalExtend(model_runner.device, model_runner.token_to_kv_pool.dtype)
         base = "triton"
     from redknot_sglang.integration.head_split_backend import HeadSplitAttnBackend
     from redknot_sglang.model.permute import permute_kv_heads

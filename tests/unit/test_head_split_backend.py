@@ -2,7 +2,8 @@
 requests, checked per head against the float64 masked-attention reference. Global heads run on
 SGLang's torch_native backend; local heads on the torch path and on the Triton kernels (interpreter
 on CPU). Window slots that slid out are freed through SGLang's allocator (``free_swa``) and slot 0
-holds NaN, so a read of a freed slot shows."""
+holds NaN, so a read of a freed slot shows. On the GPU (bf16): local heads on the Triton kernels and
+the global heads' extend on FlashInfer (a plan per layer's global head count: 1 and 2 here)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from redknot_sglang.heads import HeadProfile, RankHeadLayout
 from redknot_sglang.heads.profile import ModelFingerprint
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 
-D, HKV, GROUP, WINDOW, SINK = 16, 3, 2, 5, 2
+D, HKV, GROUP, WINDOW, SINK = 64, 3, 2, 5, 2  # FlashInfer (GPU case) takes head_dim 64, 128 or 256
 FP = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=HKV * GROUP,
                       num_kv_heads=HKV, head_dim=D, rope_theta=1e4)
 
@@ -32,21 +33,32 @@ def plugins():
     load_plugins()  # registers torch_native & co. in ATTENTION_BACKENDS
 
 
-def _setup(local_impl: str):
-    # layer 0: kv head 0 global; layer 1: kv head 2 global
-    profile = HeadProfile.from_classes(FP, [[True, False, False], [False, False, True]], window=WINDOW,
+# (local heads' implementation, device, dtype, global heads' extend on FlashInfer)
+IMPLS = {"torch": ("torch", "cpu", torch.float32, False), "triton": ("triton", "cpu", torch.float32, False),
+         "gpu-flashinfer": ("triton", "cuda", torch.bfloat16, True)}
+
+
+def _setup(impl: str):
+    local_impl, dev, dtype, flashinfer = IMPLS[impl]
+    # layer 0: kv head 0 global; layer 1: kv heads 0 and 2 global
+    profile = HeadProfile.from_classes(FP, [[True, False, False], [True, False, True]], window=WINDOW,
                                        sink=SINK, method="test")
     layout = RankHeadLayout(profile)
     pool = HeadSplitKVPool(layout=layout, size=200, size_swa=120, rows=4, sink_blocks=2, page_size=1,
-                           dtype=torch.float32, head_dim=D, device="cpu")
-    alloc = SWATokenToKVPoolAllocator(200, 120, page_size=1, dtype=torch.float32, device="cpu", kvcache=pool,
+                           dtype=dtype, head_dim=D, device=dev)
+    alloc = SWATokenToKVPoolAllocator(200, 120, page_size=1, dtype=dtype, device=dev, kvcache=pool,
                                       need_sort=False)
-    req_pool = ReqToTokenPool(size=4, max_context_len=64, device="cpu", enable_memory_saver=False)
+    req_pool = ReqToTokenPool(size=4, max_context_len=64, device=dev, enable_memory_saver=False)
     for buf in pool.swa_kv_pool.k + pool.swa_kv_pool.v:
         buf[0] = float("nan")  # the padding slot: what a freed window slot maps to
-    runner = types.SimpleNamespace(token_to_kv_pool=pool, req_to_token_pool=req_pool, device="cpu",
+    runner = types.SimpleNamespace(token_to_kv_pool=pool, req_to_token_pool=req_pool, device=dev,
                                    sliding_window_size=WINDOW)
-    backend = HeadSplitAttnBackend(runner, layout, "torch_native")
+    global_extend = None
+    if flashinfer:
+        from redknot_sglang.attention.global_extend import FlashInferGlobalExtend
+
+        global_extend = FlashInferGlobalExtend(torch.device(dev), dtype)
+    backend = HeadSplitAttnBackend(runner, layout, "torch_native", global_extend)
     backend.local_impl = local_impl
     layers = [RadixAttention(HKV * GROUP, D, D ** -0.5, HKV, layer_id=i) for i in range(2)]
     return layout, pool, alloc, req_pool, backend, layers
@@ -69,38 +81,46 @@ def _reference(layout, layer, q, k_all, v_all, q_pos):
     return out
 
 
-@pytest.mark.parametrize("local_impl", ["torch", "triton"])
-def test_extend_then_decode_matches_reference(local_impl):
+@pytest.mark.parametrize("impl", ["torch", "triton", pytest.param("gpu-flashinfer", marks=pytest.mark.gpu)])
+def test_extend_then_decode_matches_reference(impl):
     torch.manual_seed(0)
-    layout, pool, alloc, req_pool, backend, layers = _setup(local_impl)
+    _, dev, dtype, _ = IMPLS[impl]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    layout, pool, alloc, req_pool, backend, layers = _setup(impl)
+
+    def rnd(*shape):  # values the pool's dtype holds exactly, kept in float32 for the reference
+        return torch.randn(*shape).to(dtype).float()
+
+    def on(x, cast=False):
+        return x.to(dev, dtype) if cast else x.to(dev)
     lens = [20, 9]
     rows = [1, 2]
     slots = alloc.alloc(sum(lens))
     req_pool.req_to_token[1, :20] = slots[:20].int()
     req_pool.req_to_token[2, :9] = slots[20:].int()
-    k_true = {r: [torch.randn(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
-    v_true = {r: [torch.randn(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
+    k_true = {r: [rnd(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
+    v_true = {r: [rnd(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
     fb = ForwardBatch(
-        forward_mode=ForwardMode.EXTEND, batch_size=2, input_ids=torch.zeros(29, dtype=torch.long),
-        req_pool_indices=torch.tensor(rows), seq_lens=torch.tensor(lens), out_cache_loc=slots, seq_lens_sum=29,
-        positions=torch.cat([torch.arange(20), torch.arange(9)]), extend_seq_lens=torch.tensor(lens),
-        extend_prefix_lens=torch.tensor([0, 0]), extend_start_loc=torch.tensor([0, 20]),
+        forward_mode=ForwardMode.EXTEND, batch_size=2, input_ids=on(torch.zeros(29, dtype=torch.long)),
+        req_pool_indices=on(torch.tensor(rows)), seq_lens=on(torch.tensor(lens)), out_cache_loc=slots, seq_lens_sum=29,
+        positions=on(torch.cat([torch.arange(20), torch.arange(9)])), extend_seq_lens=on(torch.tensor(lens)),
+        extend_prefix_lens=on(torch.tensor([0, 0])), extend_start_loc=on(torch.tensor([0, 20])),
         extend_seq_lens_cpu=lens, extend_prefix_lens_cpu=[0, 0], seq_lens_cpu=torch.tensor(lens),
     )
     backend.init_forward_metadata(fb)
     for i, layer in enumerate(layers):
-        q = torch.randn(29, HKV * GROUP, D)
-        k = torch.cat([k_true[1][i], k_true[2][i]])
-        v = torch.cat([v_true[1][i], v_true[2][i]])
-        o = backend.forward_extend(q.view(29, -1), k, v, layer, fb).view(29, -1, D)
+        q = rnd(29, HKV * GROUP, D)
+        k = on(torch.cat([k_true[1][i], k_true[2][i]]), cast=True)
+        v = on(torch.cat([v_true[1][i], v_true[2][i]]), cast=True)
+        o = backend.forward_extend(on(q, cast=True).view(29, -1), k, v, layer, fb).view(29, -1, D).cpu()
         ref = torch.cat([_reference(layout, i, q[:20], k_true[1][i], v_true[1][i], range(20)),
                          _reference(layout, i, q[20:], k_true[2][i], v_true[2][i], range(9))])
         assert not torch.isnan(o).any()
-        torch.testing.assert_close(o.double(), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(o.double(), ref, **tol)
     # the sink rows hold each request's first tokens' local-head K
     for i in range(2):
         g = layout.layers[i].num_global
-        torch.testing.assert_close(pool.k_sink[i][1, :SINK], k_true[1][i][:SINK, g:])
+        torch.testing.assert_close(pool.k_sink[i][1, :SINK].float().cpu(), k_true[1][i][:SINK, g:])
 
     freed = SINK  # request 1 decodes; its out-of-window slots are freed once each, as SGLang does
     for step in range(3):
@@ -110,16 +130,17 @@ def test_extend_then_decode_matches_reference(local_impl):
         slot = alloc.alloc(1)
         req_pool.req_to_token[1, pos] = slot.int()
         fb = ForwardBatch(
-            forward_mode=ForwardMode.DECODE, batch_size=1, input_ids=torch.zeros(1, dtype=torch.long),
-            req_pool_indices=torch.tensor([1]), seq_lens=torch.tensor([pos + 1]), out_cache_loc=slot,
-            seq_lens_sum=pos + 1, positions=torch.tensor([pos]), seq_lens_cpu=torch.tensor([pos + 1]),
+            forward_mode=ForwardMode.DECODE, batch_size=1, input_ids=on(torch.zeros(1, dtype=torch.long)),
+            req_pool_indices=on(torch.tensor([1])), seq_lens=on(torch.tensor([pos + 1])), out_cache_loc=slot,
+            seq_lens_sum=pos + 1, positions=on(torch.tensor([pos])), seq_lens_cpu=torch.tensor([pos + 1]),
         )
         backend.init_forward_metadata(fb)
         for i, layer in enumerate(layers):
-            k_new, v_new, q = torch.randn(1, HKV, D), torch.randn(1, HKV, D), torch.randn(1, HKV * GROUP, D)
+            k_new, v_new, q = rnd(1, HKV, D), rnd(1, HKV, D), rnd(1, HKV * GROUP, D)
             k_true[1][i] = torch.cat([k_true[1][i], k_new])
             v_true[1][i] = torch.cat([v_true[1][i], v_new])
-            o = backend.forward_decode(q.view(1, -1), k_new, v_new, layer, fb).view(1, -1, D)
+            o = backend.forward_decode(on(q, cast=True).view(1, -1), on(k_new, cast=True), on(v_new, cast=True),
+                                       layer, fb).view(1, -1, D).cpu()
             ref = _reference(layout, i, q, k_true[1][i], v_true[1][i], [pos])
             assert not torch.isnan(o).any()
-            torch.testing.assert_close(o.double(), ref, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(o.double(), ref, **tol)
