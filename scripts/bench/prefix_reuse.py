@@ -7,7 +7,7 @@ Per length ``L`` (default 8K, 32K, 64K): ``n`` prompts of ``L - 300`` random tok
 sent once with 4 new tokens, then each again with 1 new token (timed), then each extended by its
 4 answer tokens and a 200-token turn (timed). Sides (one server each, context 64K + 64):
 ``stock`` (FlashInfer + radix cache), ``redknot`` and ``redknot-no-checkpoints`` (the 15% profile,
-window 1024, sink 64). One side per device call is enough (a partial file carries the others);
+window 1024, sink 64); decode CUDA graphs up to batch 4 on both. One side per device call is enough (a partial file carries the others);
 once stock and redknot are in, writes bench/results/prefix_reuse.json and prints the table.
 ``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp). ``--trace DIR``
 sends each length's first prompt a third time under SGLang's torch profiler (``/start_profile``,
@@ -62,7 +62,10 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
     flags = side_flags("stock" if side == "stock" else "redknot", context_len=max(args.lengths),
                        cpu_smoke=args.cpu_smoke, mem_fraction_static=args.mem_fraction_static, profile=profile)
     small = ["--chunked-prefill-size", "512", "--max-total-tokens", "16000"]
-    flags += [*SIDES[side], *(small if args.cpu_smoke else ["--disable-cuda-graph"])]  # TTFT only: no decode graphs
+    # decode keeps its CUDA graphs (few batch sizes: quick capture): SGLang's overlap scheduler
+    # launches the next decode step before it hands out a prefill's first token, so an eager
+    # decode step would be counted in every time to first token
+    flags += [*SIDES[side], *(small if args.cpu_smoke else ["--cuda-graph-max-bs", "4"])]
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     out = {"device": device_name(), "flags": flags, "results": {}}
     with Server(model, flags, log_path=Path(args.log_dir) / f"prefix_{side}.log", timeout_s=900) as server:
