@@ -177,13 +177,10 @@ class HeadSplitKVPool(BaseSWAKVPool):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        for to_block, row, block in pending:
-            for rows, blocks in ((self.k_sink, self.k_sink_blk), (self.v_sink, self.v_sink_blk)):
-                for r, b in zip(rows, blocks):
-                    if to_block:
-                        b[block].copy_(r[row])
-                    else:
-                        r[row].copy_(b[block])
+        for to_block, row, block in pending:  # one multi-tensor launch per copy, every layer's K and V
+            rows = [r[row] for r in (*self.k_sink, *self.v_sink)]
+            blocks = [b[block] for b in (*self.k_sink_blk, *self.v_sink_blk)]
+            torch._foreach_copy_(*((blocks, rows) if to_block else (rows, blocks)))
 
 
 def sink_targets(rows_per_token: torch.Tensor, positions: torch.Tensor, sink: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,3 +24,19 @@ def test_set_kv_buffer_writes_local_heads_to_the_mapped_window_slots():
     g = layout.layers[1].num_global
     assert torch.equal(pool.full_kv_pool.k[1][loc], k[:, :g]) and torch.equal(pool.full_kv_pool.v[1][loc], v[:, :g])
     assert torch.equal(pool.swa_kv_pool.k[1][swa], k[:, g:]) and torch.equal(pool.swa_kv_pool.v[1][swa], v[:, g:])
+
+
+def test_sink_copies_run_in_queue_order_for_every_layer():
+    """A row published to a block, then that block copied into another row in the same flush:
+    the second row ends with the first row's sink, K and V, every layer; nothing runs before the flush."""
+    _, pool, *_ = _setup("torch")
+    torch.manual_seed(1)
+    for buf in (*pool.k_sink, *pool.v_sink):
+        buf.normal_()
+    want = [buf[1].clone() for buf in (*pool.k_sink, *pool.v_sink)]
+    pool.queue_sink_copy(row=1, block=1, to_block=True)
+    pool.queue_sink_copy(row=3, block=1, to_block=False)
+    assert not torch.equal(pool.k_sink[0][3], want[0])  # queued, not run
+    pool.flush_sink_copies()
+    for buf, blk, w in zip((*pool.k_sink, *pool.v_sink), (*pool.k_sink_blk, *pool.v_sink_blk), want):
+        assert torch.equal(blk[1], w) and torch.equal(buf[3], w)
