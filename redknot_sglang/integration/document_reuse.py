@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from redknot_sglang.patches.compat import req_row
 from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces, window_rows
 from redknot_sglang.reuse.recompute import RecomputeSet, attention_mass, pick, recompute_set
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
@@ -281,7 +282,7 @@ class DocumentReuse:
                 rs = RecomputeSet(rs.fixed.to(dev), rs.candidates.to(dev), rs.picks)
                 ids = torch.tensor(req.origin_input_ids, dtype=batch.prefill_input_ids_cpu.dtype, device=dev)
                 mass = state.mass if state.mass is not None else torch.zeros(seq, device=dev)
-                runs.append(RecomputeRun(offset, rs, req.req_pool_idx, ids, mass))
+                runs.append(RecomputeRun(offset, rs, req_row(req), ids, mass))
                 batch.extend_lens[i], batch.prefix_lens[i] = rs.size, seq - rs.size
                 req.set_extend_range(seq - rs.size, seq)  # what SGLang's logprob output reads
                 batch.extend_logprob_start_lens[i] += rs.size - before[i]
@@ -349,7 +350,7 @@ class DocumentReuse:
                 # the question: the text after the last document, its last QUESTION_ROWS tokens
                 first = max(pre, self.documents(req).spans[-1][1], pre + ext - QUESTION_ROWS)
                 state.mass = torch.zeros(len(req.origin_input_ids), device=self.pool.device)
-                questions.append(QuestionRows(offset + first - pre, pre + ext - first, first, req.req_pool_idx,
+                questions.append(QuestionRows(offset + first - pre, pre + ext - first, first, req_row(req),
                                               pre + ext, state.mass))
             caps = self._captures.get(req.rid)
             if caps is None:

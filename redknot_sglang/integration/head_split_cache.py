@@ -31,9 +31,10 @@ from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResul
 from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
+from redknot_sglang.integration.document_reuse import DocumentReuse
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 from redknot_sglang.mem.sink_cache import SinkCache
-from redknot_sglang.integration.document_reuse import DocumentReuse
+from redknot_sglang.patches.compat import matched_len, req_row
 
 if TYPE_CHECKING:  # SGLang's types, for annotations only
     from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
@@ -66,7 +67,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         """Scheduler matches (they carry the request) are cut to a miss without a cached sink;
         the tree's own re-match after an insert (no request) sees the tree as it is."""
         result = super().match_prefix(params)
-        matched = len(result.device_indices)
+        matched = matched_len(result)
         if params.req is None or matched == 0 or self.sinks.sink == 0:
             return result
         key = self.sinks.key(params.key.token_ids, params.key.extra_key)
@@ -87,7 +88,8 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         if self.sinks.sink == 0:
             return
         for req, prefix_len in zip(batch.reqs, batch.prefix_lens):
-            row, gen = req.req_pool_idx, self._generation(req.req_pool_idx)
+            row = req_row(req)
+            gen = self._generation(row)
             if self._row_filled.get(row) == gen:
                 continue
             if prefix_len == 0:
@@ -102,7 +104,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             self._row_filled[row] = gen
 
     def _publish_sink(self, req: Req, computed_len: int) -> None:
-        row = req.req_pool_idx
+        row = req_row(req)
         if (
             self.sinks.sink == 0
             or computed_len < self.sinks.sink
@@ -123,7 +125,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             # out of the window are freed as SGLang frees them for a request it does not insert
             # (after a selective request's recompute extend, not before)
             fill = len(req.get_fill_ids())
-            req.prefix_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, :fill].to(torch.int64, copy=True)
+            req.prefix_indices = self.req_to_token_pool.req_to_token[req_row(req), :fill].to(torch.int64, copy=True)
             if self.document_reuse.holds_placed_windows(req):  # its recompute extend reads them
                 return
             free_swa_out_of_window_slots(req, fill - 1, sliding_window_size=self.sliding_window_size,
@@ -141,3 +143,11 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         if is_insert and not self.disable:
             self._publish_sink(req, kv_len_to_handle)
         super().cache_finished_req(req, is_insert=is_insert, kv_len_to_handle=kv_len_to_handle, **kwargs)
+
+    def checkpoint(self, req: Req, *, up_to: int, **kwargs: Any) -> None:
+        """SGLang 0.5.23's one insert path (chunks and finished requests; 0.5.17 calls the two
+        methods above): the sink is published before the tokens enter the tree. No document
+        reuse there (:data:`redknot_sglang.patches.compat.REUSE`), so no request is approximate."""
+        if not self.disable:
+            self._publish_sink(req, up_to)
+        super().checkpoint(req, up_to=up_to, **kwargs)

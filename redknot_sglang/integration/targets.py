@@ -21,6 +21,7 @@ import pkgutil
 import re
 from typing import Any, Callable
 
+from redknot_sglang.patches import compat
 from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, metrics,
                                               preload, request_spans, server_args, stats, swa_admission)
 
@@ -67,8 +68,7 @@ RELIED: dict[str, tuple[str, ...]] = {
                                     "model_path", "trust_remote_code", "context_length", "device"),
     _S + "runtime_context": ("get_parallel", "get_schedule", "get_server_args"),
     # flags read by SGLang whose effect the head split depends on (an unknown name is ignored silently)
-    _S + "environ.envs": ("SGLANG_SWA_EVICTION_INTERVAL", "SGLANG_OPT_SWA_RELEASE_LEAF_LOCK_AFTER_WINDOW",
-                          "SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS"),
+    _S + "environ.envs": ("SGLANG_SWA_EVICTION_INTERVAL", "SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS"),
     # the hybrid-SWA memory path (hooks/head_split.py, head_split_pool.py, pool_sizing.py)
     _S + "configs.model_config.ModelConfig": ("context_len", "hf_config", "num_hidden_layers", "head_dim",
                                               "is_hybrid_swa", "is_hybrid_swa_compress", "is_deepseek_v4_arch",
@@ -89,22 +89,20 @@ RELIED: dict[str, tuple[str, ...]] = {
         "get_kvcache"),
     # the radix tree (head_split_cache.py, tree_cache.py)
     _S + "mem_cache.unified_radix_cache.UnifiedRadixCache": (
-        "match_prefix", "cache_unfinished_req", "cache_finished_req", "reset", "evict", "inc_lock_ref",
+        "match_prefix", "reset", "evict", "inc_lock_ref",
         "dec_lock_ref", "full_evictable_size", "swa_evictable_size", "full_protected_size", "swa_protected_size",
         "sliding_window_size", "page_size", "req_to_token_pool", "token_to_kv_pool_allocator", "disable"),
     _S + "mem_cache.base_prefix_cache": ("MatchPrefixParams", "MatchResult", "zero_match_result", "EvictParams"),
     _S + "mem_cache.base_prefix_cache.MatchPrefixParams": ("key", "req"),
-    _S + "mem_cache.base_prefix_cache.MatchResult": ("device_indices",),
     _S + "mem_cache.common": ("free_swa_out_of_window_slots",),
     _S + "mem_cache.unified_cache.components.ComponentType": ("FULL", "SWA"),
     # admission and requests (hooks/swa_admission.py, hooks/admission_placement.py, document_reuse.py)
     _S + "managers.schedule_policy.PrefillAdder": (
         "budget_state", "_swa_new_tokens", "can_run_list", "new_chunked_req",
-        "is_hybrid_swa", "rem_chunk_tokens", "rem_swa_token_offset", "running_batch", "tree_cache"),
+        "is_hybrid_swa", "rem_chunk_tokens", "running_batch", "tree_cache"),
     _S + "managers.schedule_batch.Req": (
-        "rid", "origin_input_ids", "output_ids", "sampling_params", "extra_key", "req_pool_idx", "last_node",
-        "prefix_indices", "full_untruncated_fill_ids", "get_fill_ids", "extend_range", "set_extend_range",
-        "return_logprob", "logprob_start_len"),
+        "rid", "origin_input_ids", "output_ids", "sampling_params", "extra_key", "last_node",
+        "full_untruncated_fill_ids", "get_fill_ids", "return_logprob", "logprob_start_len"),
     _S + "managers.schedule_batch.ScheduleBatch": ("reqs", "prefix_lens", "extend_lens", "tree_cache",
                                                    "prefill_input_ids_cpu", "out_cache_loc", "extend_num_tokens",
                                                    "extend_logprob_start_lens"),
@@ -132,6 +130,8 @@ RELIED: dict[str, tuple[str, ...]] = {
     # the frontend (frontend.py)
     "sglang.lang.backend.runtime_endpoint": ("RuntimeEndpoint",),
 }
+for _owner, _names in compat.RELIED.items():  # what moved between the supported versions
+    RELIED[_owner] = RELIED.get(_owner, ()) + _names
 
 
 def sglang_version() -> str:
@@ -190,4 +190,4 @@ def check() -> None:
     lost = missing()
     if lost:
         raise IntegrationError(f"SGLang {sglang_version()} lacks {len(lost)} name(s) redknot_sglang relies on: "
-                               f"{', '.join(lost)} (supported: SGLang 0.5.17)")
+                               f"{', '.join(lost)} (supported: SGLang {' and '.join(compat.SUPPORTED)})")

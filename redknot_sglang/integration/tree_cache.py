@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from redknot_sglang.patches import compat
+
+logger = logging.getLogger(__name__)
 
 
 def create_tree_cache(ctx: Any) -> Any:
@@ -25,7 +30,9 @@ def create_tree_cache(ctx: Any) -> Any:
     ctx.params.tree_components = (ComponentType.FULL, ComponentType.SWA)
     sinks = SinkCache(cfg.sink_cache_blocks, pool.sink)
     reuse = None
-    if cfg.segment_store_gb > 0:
+    if cfg.segment_store_gb > 0 and not compat.REUSE:
+        logger.warning("redknot: document reuse needs SGLang 0.5.17 for now; the segment store is off")
+    if cfg.segment_store_gb > 0 and compat.REUSE:
         from redknot_sglang.reuse.segment_store import SegmentStore
         from redknot_sglang.integration.document_reuse import DocumentReuse
 

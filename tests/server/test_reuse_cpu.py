@@ -16,6 +16,8 @@ import requests
 from redknot_sglang.heads.synthetic import synthetic_profile
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
+pytestmark = pytest.mark.reuse
+
 rng = random.Random(0)
 SYS, D1, D2, D3, Q = ([rng.randrange(100, 40000) for _ in range(n)] for n in (20, 150, 90, 120, 10))
 

@@ -2,7 +2,8 @@
 the window slides, the tree tombstones and evicts, and admission waits), with shared prefixes,
 marked documents in random orders (captured, placed: selective recompute at the server's ratio,
 place only, selective recompute at a ratio of the request's own) and aborts mid-prefill and
-mid-decode. Afterwards every slot of both pools and every request row must be free (the
+mid-decode (on SGLang 0.5.23, without document reuse, the marked requests are plain ones).
+Afterwards every slot of both pools and every request row must be free (the
 allocators' counts, read from /get_server_info), and the server still answers."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
+from redknot_sglang.patches.compat import REUSE
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
 N_REQUESTS = 1000
@@ -103,10 +105,11 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     assert len(outcome) == N_REQUESTS
     assert kinds.get("abort", 0) >= 40 and kinds.get("length", 0) >= 800, kinds
     assert busy["full_evictable"] > 0 and busy["sink_blocks_used"] > 0  # the tree and sink cache were used
-    reuse = busy["documents"]
-    assert reuse["captured_documents"] >= 8 and reuse["placed_requests"] >= 50, reuse  # documents were reused
-    assert reuse["recomputed_tokens"] > 0, reuse  # selective requests recomputed
-    assert after["documents"]["documents"] == 0 and after["documents"]["device_bytes"] == 0
+    if REUSE:  # on an SGLang without document reuse the marked requests are served as plain ones
+        reuse = busy["documents"]
+        assert reuse["captured_documents"] >= 8 and reuse["placed_requests"] >= 50, reuse  # documents were reused
+        assert reuse["recomputed_tokens"] > 0, reuse  # selective requests recomputed
+        assert after["documents"]["documents"] == 0 and after["documents"]["device_bytes"] == 0
     for pool in ("full", "swa"):
         assert after[f"{pool}_available"] == after[f"{pool}_size"], (pool, after)
         assert after[f"{pool}_evictable"] == after[f"{pool}_protected"] == 0, (pool, after)

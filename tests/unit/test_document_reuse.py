@@ -22,6 +22,8 @@ from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
 
+pytestmark = pytest.mark.reuse
+
 D, HKV, WINDOW, SINK = 16, 3, 5, 2
 FP = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=HKV, num_kv_heads=HKV,
                       head_dim=D, rope_theta=1e4)

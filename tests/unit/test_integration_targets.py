@@ -28,7 +28,7 @@ def test_a_renamed_hook_target_is_named(monkeypatch):
 
 
 def test_instance_attributes_are_found_in_the_source():
-    relied = {ADDER: ("rem_swa_token_offset", "rem_chunk_tokens", "rem_swa_tokens_offset"),
+    relied = {ADDER: ("can_run_list", "rem_chunk_tokens", "rem_swa_tokens_offset"),
               "sglang.srt.configs.model_config.ModelConfig": ("swa_attention_layer_ids", "full_attention_layer_ids"),
               "sglang.srt.managers.schedule_lost": ("anything",)}
     assert targets.missing(hooks=(), relied=relied) == [ADDER + ".rem_swa_tokens_offset",
@@ -41,7 +41,8 @@ def test_the_launcher_stops_with_one_line_when_a_name_is_missing(monkeypatch):
     monkeypatch.delattr(PrefillAdder, "add_chunked_req")
     args = argparse.Namespace(redknot_head_profile="all-global", attention_backend="redknot",
                               radix_cache_backend="redknot")
-    with pytest.raises(SystemExit, match=r"^redknot: SGLang .* lacks .*add_chunked_req \(supported: SGLang 0\.5\.17\)$"):
+    with pytest.raises(SystemExit, match=r"^redknot: SGLang .* lacks .*add_chunked_req "
+                                         r"\(supported: SGLang 0\.5\.17 and 0\.5\.23\)$"):
         server_args.from_cli_args(lambda cls, a: pytest.fail("SGLang's parser reached"), object, args)
 
 

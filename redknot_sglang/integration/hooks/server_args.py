@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from redknot_sglang.config import ATTR, BACKEND_NAME, ConfigError, add_cli_args as add_redknot_args, build_config
 from redknot_sglang.heads.profile import ProfileError
+from redknot_sglang.patches import compat
 
 ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
 FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
@@ -52,7 +53,7 @@ def from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namesp
         # Once a request has decoded a window past its prompt, SGLang can drop the tree's lock on
         # the prompt's last window (off by default): without it a long decode holds two windows of
         # window slots for its whole life. Scheduler processes inherit the variable.
-        os.environ.setdefault("SGLANG_OPT_SWA_RELEASE_LEAF_LOCK_AFTER_WINDOW", "1")
+        os.environ.setdefault(compat.RELEASE_PREFIX_WINDOW_ENV, "1")
     if split and cfg.chunk_window_checkpoints:
         # Free a chunked prefill's out-of-window window slots as each chunk enters the tree (off by
         # default in 0.5.17, on in 0.5.23): without it a cached prompt keeps window slots for all its

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from redknot_sglang.patches import compat
+
 INIT = "sglang.srt.managers.schedule_policy.PrefillAdder.__init__"
 ADD = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
 
@@ -59,7 +61,7 @@ def _growth(adder: Any, req: Any) -> int:
 
 def reserve_running(result: Any, adder: Any, *args: Any, **kwargs: Any) -> Any:
     if adder.running_batch is not None and _head_split(adder):
-        adder.rem_swa_token_offset += sum(_growth(adder, r) for r in adder.running_batch.reqs)
+        compat.add_swa_offset(adder, sum(_growth(adder, r) for r in adder.running_batch.reqs))
     return result
 
 
@@ -67,8 +69,8 @@ def reserve_new(original: Callable[..., Any], adder: Any, req: Any, *args: Any, 
     if not _head_split(adder):
         return original(adder, req, *args, **kwargs)
     growth = _growth(adder, req)
-    adder.rem_swa_token_offset += growth
+    compat.add_swa_offset(adder, growth)
     result = original(adder, req, *args, **kwargs)
     if req not in adder.can_run_list and adder.new_chunked_req is not req:
-        adder.rem_swa_token_offset -= growth
+        compat.add_swa_offset(adder, -growth)
     return result
