@@ -44,8 +44,9 @@ def test_smollm2_all_global_equals_stock_on_gpu(smollm2_stock_and_all_global):
 
 
 def test_smollm2_head_split_on_gpu(smollm2, smollm2_stock_and_all_global, tmp_path):
-    """15% global heads on SGLang's Triton kernels, local heads on the SegPaged kernels, decode
-    in CUDA graphs; windows cover every prompt, so the tokens are stock's up to bf16 ties."""
+    """15% global heads (extends on FlashInfer, decode on SGLang's Triton kernels), local heads on
+    the SegPaged kernels, decode in CUDA graphs; windows cover every prompt, so the tokens are
+    stock's up to bf16 ties."""
     stock, _ = smollm2_stock_and_all_global
     path = tmp_path / "mixed.json"
     synthetic_profile(fingerprint_of_model_path(str(smollm2)), global_ratio=0.15, window=2048, sink=4, seed=1).save(path)
