@@ -11,7 +11,8 @@ window 1024, sink 64); decode CUDA graphs up to batch 4 on both. One side per de
 once stock and redknot are in, writes bench/results/prefix_reuse.json and prints the table.
 ``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp). ``--trace DIR``
 sends each length's first prompt a third time under SGLang's torch profiler (``/start_profile``,
-CPU and GPU activities) and leaves the scheduler's trace in ``DIR/SIDE-LENGTH``.
+CPU and GPU activities, Python stacks) and leaves the scheduler's trace in ``DIR/SIDE-LENGTH``
+(``scripts/device/trace_summary.py`` summarizes it).
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def send(url: str, ids: list[int], max_new: int) -> tuple[float, int, list[int]]
 
 
 def traced(url: str, ids: list[int], out: Path) -> None:
-    """One more sending of ``ids`` (1 new token) under SGLang's profiler; the trace lands in ``out``."""
+    """One more sending of ``ids`` (1 new token) under SGLang's profiler (with Python stacks: where
+host time goes, ``scripts/device/trace_summary.py``); the trace lands in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     requests.post(f"{url}/start_profile", json={"output_dir": str(out), "activities": ["CPU", "GPU"],
-                                                "record_shapes": True}, timeout=60).raise_for_status()
+                                                "record_shapes": True, "with_stack": True},
+                  timeout=60).raise_for_status()
     send(url, ids, 1)
     requests.post(f"{url}/stop_profile", timeout=600).raise_for_status()
     for _ in range(120):  # the scheduler writes the trace after answering
