@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install redknot_sglang with SGLang into a virtualenv on a CPU host.
 #   usage: bash scripts/install_cpu.sh [VENV (default .venv)] [SGLANG_VERSION (default 0.5.17)]
-#   SGLang 0.5.17 has every feature; 0.5.23 (what `pip install sglang` gives) serves the head split
-#   without document reuse (redknot_sglang/patches/compat.py).
+#   0.5.17 (the GPU machine's pin) or 0.5.23 (what `pip install sglang` gives): every feature on both
+#   (redknot_sglang/patches/compat.py).
 #   torch 2.14.1 (the newest pip allows here; SGLang's own pin, 2.11.0, is the GPU machine's),
 #   sglang and requirements/cpu-lock-VERSION.txt (SGLang's dependency set minus its CUDA-only wheels,
 #   pinned), this project (editable), the fidelity benchmark's data packages (essays, needles), and

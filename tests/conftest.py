@@ -18,19 +18,13 @@ SERVER_TESTS = Path(__file__).parent / "server"
 
 def pytest_collection_modifyitems(config, items):
     """tests/server starts real SGLang processes: marked ``server`` by where they live (so
-    ``-m "not server"`` starts none); GPU tests skip on hosts without CUDA, document-reuse tests
-    on an SGLang without reuse."""
-    from redknot_sglang.patches.compat import REUSE
-
+    ``-m "not server"`` starts none); GPU tests skip on hosts without CUDA."""
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
-    skip_reuse = pytest.mark.skip(reason="document reuse needs SGLang 0.5.17 for now (patches/compat.py)")
     for item in items:
         if SERVER_TESTS in Path(item.fspath).parents:
             item.add_marker(pytest.mark.server)
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
-        if "reuse" in item.keywords and not REUSE:
-            item.add_marker(skip_reuse)
 
 
 @pytest.fixture(scope="session")

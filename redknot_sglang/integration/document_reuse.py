@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from redknot_sglang.patches import compat
 from redknot_sglang.patches.compat import req_row
 from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces, window_rows
 from redknot_sglang.reuse.recompute import RecomputeSet, attention_mass, pick, recompute_set
@@ -72,6 +73,12 @@ class _Placement:
     slots: torch.Tensor  # full slots of the placed positions, in prompt order
     pieces: list[Piece]
     keep: int  # the last `keep` positions have window slots
+    at: int  # the prompt position of the first placed token (the prefix before placement)
+
+    @property
+    def windowless(self) -> int:
+        """The first placed positions, which have no window slot."""
+        return len(self.slots) - self.keep
 
 
 @dataclasses.dataclass
@@ -150,12 +157,13 @@ class ForwardPlan:
 
 
 class DocumentReuse:
-    def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, model_key: str,
+    def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, req_to_token: torch.Tensor, model_key: str,
                  recompute_ratio: float = 0.0):
         self.store = store
         self.recompute_ratio = recompute_ratio
         self.pool = pool
         self.allocator = allocator
+        self.req_to_token = req_to_token  # SGLang's request rows
         self.model_key = model_key
         self.cols = store.cols
         self.window, self.sink = self.cols.window, self.cols.sink
@@ -193,7 +201,7 @@ class DocumentReuse:
         if not next_chunk:
             self._requests.pop(req.rid, None)  # a new admission (or one after a retraction)
         docs = self.documents(req)
-        exact = len(req.prefix_indices)
+        exact = compat.prefix_len(req)
         if docs is None or exact == 0 or exact < self.sink or self.allocator.page_size != 1:
             return False
         fill = req.full_untruncated_fill_ids
@@ -208,21 +216,33 @@ class DocumentReuse:
             return False
         for p in pieces:
             self.store.lock(p.match)
-        self._placed[req.rid] = _Placement(slots, pieces, keep)
-        req.prefix_indices = torch.cat([req.prefix_indices, slots.to(req.prefix_indices.dtype)])
+        self._placed[req.rid] = _Placement(slots, pieces, keep, exact)
+        compat.grow_prefix(req, slots, self.req_to_token)
         state = self._requests.setdefault(req.rid, RequestReuse())
         state.placed += n
         state.ranges.append((exact, exact + n))
         state.selective = docs.selective
         return True
 
+    def admitted(self, req: Req) -> None:
+        """The request was admitted with the placement :meth:`place` made: its placed positions
+        without a window slot read as slid out of its window."""
+        pl = self._placed[req.rid]
+        if pl.windowless:
+            compat.skip_window(req, self.req_to_token, self.allocator, pl.at, pl.at + pl.windowless)
+
+    def pending_slots(self, req: Req) -> Optional[torch.Tensor]:
+        """The slots placed for a request at this admission (not yet in its row)."""
+        pl = self._placed.get(req.rid)
+        return None if pl is None else pl.slots
+
     def unplace(self, req: Req) -> None:
         pl = self._placed.pop(req.rid)
         n = len(pl.slots)
-        self.allocator.free(pl.slots)
+        compat.free_placed(self.allocator, pl.slots, pl.windowless)
         for p in pl.pieces:
             self.store.unlock(p.match)
-        req.prefix_indices = req.prefix_indices[: len(req.prefix_indices) - n]
+        compat.shrink_prefix(req, n)
         state = self._requests[req.rid]
         state.placed -= n
         state.ranges.pop()
@@ -284,7 +304,7 @@ class DocumentReuse:
                 mass = state.mass if state.mass is not None else torch.zeros(seq, device=dev)
                 runs.append(RecomputeRun(offset, rs, req_row(req), ids, mass))
                 batch.extend_lens[i], batch.prefix_lens[i] = rs.size, seq - rs.size
-                req.set_extend_range(seq - rs.size, seq)  # what SGLang's logprob output reads
+                compat.set_extend_range(req, seq - rs.size, seq)  # what SGLang's logprob output reads
                 batch.extend_logprob_start_lens[i] += rs.size - before[i]
                 state.awaiting, state.selective, state.mass = False, False, None
                 self.stats["recomputed_tokens"] += rs.size
@@ -322,18 +342,18 @@ class DocumentReuse:
                 tree.evict(EvictParams(num_tokens=short_full, swa_num_tokens=short_swa))
             finally:
                 tree.dec_lock_ref(req.last_node, locked.to_dec_params())
-        parts: list[torch.Tensor] = []
+        parts: list[tuple[torch.Tensor, int]] = []  # (slots, how many first ones lost their window slot)
         for a in range(0, n, _ALLOC_CHUNK):
             b = min(n, a + _ALLOC_CHUNK)
             got = alloc.alloc(b - a)
             if got is None:
-                for part in parts:
-                    alloc.free(part)
+                for part, windowless in parts:
+                    compat.free_placed(alloc, part, windowless)
                 return None
             out_of_window = max(0, min(b, n - keep) - a)
             alloc.free_swa(got[:out_of_window])
-            parts.append(got)
-        return torch.cat(parts)
+            parts.append((got, out_of_window))
+        return torch.cat([part for part, _ in parts])
 
     def plan_batch(self, batch: ScheduleBatch) -> None:
         """After an extend batch has its slots (and :meth:`rewrite_batch`): which of its tokens

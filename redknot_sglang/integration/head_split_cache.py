@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult, zero_match_result
-from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from redknot_sglang.integration.document_reuse import DocumentReuse
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 from redknot_sglang.mem.sink_cache import SinkCache
-from redknot_sglang.patches.compat import matched_len, req_row
+from redknot_sglang.patches.compat import matched_len, req_row, slide_window
 
 if TYPE_CHECKING:  # SGLang's types, for annotations only
     from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
@@ -126,11 +125,8 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             # (after a selective request's recompute extend, not before)
             fill = len(req.get_fill_ids())
             req.prefix_indices = self.req_to_token_pool.req_to_token[req_row(req), :fill].to(torch.int64, copy=True)
-            if self.document_reuse.holds_placed_windows(req):  # its recompute extend reads them
-                return
-            free_swa_out_of_window_slots(req, fill - 1, sliding_window_size=self.sliding_window_size,
-                                         page_size=self.page_size, req_to_token_pool=self.req_to_token_pool,
-                                         token_to_kv_pool_allocator=self.token_to_kv_pool_allocator)
+            if not self.document_reuse.holds_placed_windows(req):  # its recompute extend reads them
+                slide_window(self, req, fill - 1)
             return
         if not self.disable:
             self._publish_sink(req, len(req.get_fill_ids()))
@@ -146,8 +142,34 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     def checkpoint(self, req: Req, *, up_to: int, **kwargs: Any) -> None:
         """SGLang 0.5.23's one insert path (chunks and finished requests; 0.5.17 calls the two
-        methods above): the sink is published before the tokens enter the tree. No document
-        reuse there (:data:`redknot_sglang.patches.compat.REUSE`), so no request is approximate."""
+        methods above): the sink is published before the tokens enter the tree; an approximate
+        request is not inserted (SGLang then resumes its next chunk at ``up_to`` and frees its
+        own slots at release), its window slides as SGLang slides it for a request it does not
+        insert."""
+        if self._approximate(req):
+            if not req.finished() and not self.document_reuse.holds_placed_windows(req):
+                slide_window(self, req, up_to - 1)
+            return
         if not self.disable:
             self._publish_sink(req, up_to)
         super().checkpoint(req, up_to=up_to, **kwargs)
+
+    def on_release(self, req: Req, *, checkpointed: bool) -> None:
+        """SGLang 0.5.23: the request's row is freed (finished, aborted or retracted)."""
+        if self.document_reuse is not None:
+            self.document_reuse.release(req)
+        super().on_release(req, checkpointed=checkpointed)
+
+    def prefix_device_indices(self, req: Req) -> torch.Tensor:
+        """SGLang 0.5.23 writes a new request's row from its prefix: the tree's path for the
+        exact prefix, then the slots document reuse placed after it at this admission."""
+        placed = self.document_reuse.pending_slots(req) if self.document_reuse is not None else None
+        if placed is None:
+            return super().prefix_device_indices(req)
+        n = len(placed)
+        req.prefix_len -= n  # the tree's path covers the exact prefix
+        try:
+            path = super().prefix_device_indices(req)
+        finally:
+            req.prefix_len += n
+        return torch.cat([path, placed.to(path.dtype)])

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-from redknot_sglang.patches import compat
-
-logger = logging.getLogger(__name__)
 
 
 def create_tree_cache(ctx: Any) -> Any:
@@ -30,9 +25,7 @@ def create_tree_cache(ctx: Any) -> Any:
     ctx.params.tree_components = (ComponentType.FULL, ComponentType.SWA)
     sinks = SinkCache(cfg.sink_cache_blocks, pool.sink)
     reuse = None
-    if cfg.segment_store_gb > 0 and not compat.REUSE:
-        logger.warning("redknot: document reuse needs SGLang 0.5.17 for now; the segment store is off")
-    if cfg.segment_store_gb > 0 and compat.REUSE:
+    if cfg.segment_store_gb > 0:
         from redknot_sglang.reuse.segment_store import SegmentStore
         from redknot_sglang.integration.document_reuse import DocumentReuse
 
@@ -42,7 +35,8 @@ def create_tree_cache(ctx: Any) -> Any:
                              max_document_tokens=cfg.max_document_tokens,
                              tail=cfg.max_document_tokens if cfg.recompute_ratio > 0 else None)
         model_key = f"{ctx.server_args.model_path}|{cfg.profile.model.model_dump_json()}"
-        reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator, model_key=model_key,
+        reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator,
+                              req_to_token=ctx.params.req_to_token_pool.req_to_token, model_key=model_key,
                               recompute_ratio=cfg.recompute_ratio)
         pool.document_reuse = reuse  # the attention backend's way to it
     return HeadSplitRadixCache(ctx.params, pool, sinks, reuse)

@@ -1,13 +1,14 @@
-"""Soak on CPU: 1,000 mixed requests through a head-split server (small windows, tight pools so
-the window slides, the tree tombstones and evicts, and admission waits), with shared prefixes,
-marked documents in random orders (captured, placed: selective recompute at the server's ratio,
-place only, selective recompute at a ratio of the request's own) and aborts mid-prefill and
-mid-decode (on SGLang 0.5.23, without document reuse, the marked requests are plain ones).
-Afterwards every slot of both pools and every request row must be free (the
-allocators' counts, read from /get_server_info), and the server still answers."""
+"""Soak on CPU: 1,000 mixed requests (fewer with ``REDKNOT_SOAK_REQUESTS``) through a head-split
+server (small windows, tight pools so the window slides, the tree tombstones and evicts, and
+admission waits), with shared prefixes, marked documents in random orders (captured, placed:
+selective recompute at the server's ratio, place only, selective recompute at a ratio of the
+request's own) and aborts mid-prefill and mid-decode. Afterwards every slot of both pools and
+every request row must be free (the allocators' counts, read from /get_server_info), and the
+server still answers."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -16,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from redknot_sglang.heads.synthetic import synthetic_profile
-from redknot_sglang.patches.compat import REUSE
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
-N_REQUESTS = 1000
+# CI's second SGLang lane runs a shorter soak (REDKNOT_SOAK_REQUESTS) to stay within its time
+N_REQUESTS = int(os.environ.get("REDKNOT_SOAK_REQUESTS", "1000"))
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 
 
@@ -103,13 +104,12 @@ def test_thousand_mixed_requests_free_every_slot(smollm2, smollm2_fingerprint, t
     kinds = {k: sum(1 for v in outcome.values() if v == k) for k in set(outcome.values())}
     print(f"\nsoak: {N_REQUESTS} requests in {elapsed:.0f} s, outcomes {kinds}, before {before}, idle {busy}")
     assert len(outcome) == N_REQUESTS
-    assert kinds.get("abort", 0) >= 40 and kinds.get("length", 0) >= 800, kinds
+    assert kinds.get("abort", 0) >= N_REQUESTS // 25 and kinds.get("length", 0) >= N_REQUESTS * 4 // 5, kinds
     assert busy["full_evictable"] > 0 and busy["sink_blocks_used"] > 0  # the tree and sink cache were used
-    if REUSE:  # on an SGLang without document reuse the marked requests are served as plain ones
-        reuse = busy["documents"]
-        assert reuse["captured_documents"] >= 8 and reuse["placed_requests"] >= 50, reuse  # documents were reused
-        assert reuse["recomputed_tokens"] > 0, reuse  # selective requests recomputed
-        assert after["documents"]["documents"] == 0 and after["documents"]["device_bytes"] == 0
+    reuse = busy["documents"]
+    assert reuse["captured_documents"] >= 8 and reuse["placed_requests"] >= N_REQUESTS // 20, reuse  # reused
+    assert reuse["recomputed_tokens"] > 0, reuse  # selective requests recomputed
+    assert after["documents"]["documents"] == 0 and after["documents"]["device_bytes"] == 0
     for pool in ("full", "swa"):
         assert after[f"{pool}_available"] == after[f"{pool}_size"], (pool, after)
         assert after[f"{pool}_evictable"] == after[f"{pool}_protected"] == 0, (pool, after)

@@ -12,12 +12,14 @@ import pytest
 import torch
 from sglang.srt.managers.schedule_batch import Req
 from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
+from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 from redknot_sglang.heads import HeadProfile, RankHeadLayout
 from redknot_sglang.heads.profile import ModelFingerprint
 from redknot_sglang.integration.document_reuse import DocumentReuse
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
+from redknot_sglang.patches.compat import SGLANG_0523, prefix_len
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
@@ -50,7 +52,8 @@ def setup():
                                       need_sort=False)
     store = SegmentStore(layout, head_dim=D, dtype=torch.float32, device="cpu", device_bytes=1 << 20, host_bytes=0,
                          max_document_tokens=64)
-    reuse = DocumentReuse(store, pool=pool, allocator=alloc, model_key="m")
+    rows = ReqToTokenPool(4, 64, "cpu", False)
+    reuse = DocumentReuse(store, pool=pool, allocator=alloc, req_to_token=rows.req_to_token, model_key="m")
     reuse.rope = SPEC
     cols = store.cols
     k0 = torch.randn(len(DOC), cols.num_global + cols.num_local, D)  # un-rotated K, global heads' columns first
@@ -69,8 +72,17 @@ def _request(s, rid: str, *, salt: str | None = None) -> Req:
     params = SamplingParams(max_new_tokens=4, custom_params={DOCUMENTS_KEY: [8, 20], RECOVERY_KEY: False})
     req = Req(rid, "", ids, params, extra_key=salt)
     req.full_untruncated_fill_ids = ids  # what init_next_round_input sets
-    req.prefix_indices = s.alloc.alloc(len(PREFIX))  # the tree's slots of the exact prefix
+    _set_prefix(req, s.alloc.alloc(len(PREFIX)))  # the tree's slots of the exact prefix
     return req
+
+
+def _set_prefix(req: Req, slots: torch.Tensor) -> None:
+    """What SGLang's match leaves on a new request: its prefix (0.5.23 reads the slots off the
+    tree's path when it writes the row, so only the length is on the request)."""
+    if SGLANG_0523:
+        req.prefix_len = len(slots)
+    else:
+        req.prefix_indices = slots
 
 
 def test_placed_slots_hold_the_document_turned_to_its_offset(setup):
@@ -78,8 +90,8 @@ def test_placed_slots_hold_the_document_turned_to_its_offset(setup):
     full0, swa0 = s.alloc.full_available_size(), s.alloc.swa_available_size()
     req = _request(s, "a")
     assert s.reuse.place(req, tree=None)
-    placed = req.prefix_indices[len(PREFIX):]
-    assert len(placed) == len(DOC) and s.reuse.is_approximate(req)
+    placed = s.reuse.pending_slots(req)
+    assert prefix_len(req) == len(PREFIX) + len(DOC) and len(placed) == len(DOC) and s.reuse.is_approximate(req)
     assert not s.reuse.holds_placed_windows(req)  # place only: no recompute extend to keep them for
     assert s.alloc.full_available_size() == full0 - 8 - 12
     assert s.alloc.swa_available_size() == swa0 - 8 - WINDOW  # window slots for the last W only
@@ -102,7 +114,7 @@ def test_another_tenant_does_not_see_the_document(setup):
     full0 = s.alloc.full_available_size()
     req = _request(s, "b", salt="tenant-b")
     assert not s.reuse.place(req, tree=None)
-    assert len(req.prefix_indices) == len(PREFIX) and s.alloc.full_available_size() == full0 - len(PREFIX)
+    assert prefix_len(req) == len(PREFIX) and s.alloc.full_available_size() == full0 - len(PREFIX)
 
 
 def test_an_undone_placement_frees_every_slot(setup):
@@ -112,7 +124,7 @@ def test_an_undone_placement_frees_every_slot(setup):
     assert s.reuse.place(req, tree=None)
     s.reuse.unplace(req)  # not admitted
     assert s.alloc.full_available_size() == full0 and s.alloc.swa_available_size() == swa0
-    assert len(req.prefix_indices) == len(PREFIX) and not s.reuse.is_approximate(req)
+    assert prefix_len(req) == len(PREFIX) and not s.reuse.is_approximate(req)
     assert s.reuse._requests == {}  # the side table holds nothing for it
     assert all(node.lock == 0 for node in s.store.match(Namespace("m"), DOC).nodes)  # evictable again
     s.reuse.begin_forward(is_extend=True)
@@ -124,7 +136,7 @@ def test_a_computed_document_is_captured_turned_back_to_position_zero(setup):
     s = setup
     s.store.clear()
     req = _request(s, "e")
-    req.prefix_indices = req.prefix_indices[:0]  # no prefix: the request computes everything
+    _set_prefix(req, torch.empty(0, dtype=torch.int64))  # no prefix: the request computes everything
     n = len(PREFIX + DOC + QUERY)
     batch = types.SimpleNamespace(reqs=[req], prefix_lens=[0], extend_lens=[n])  # what plan_batch reads
     s.reuse.plan_batch(batch)

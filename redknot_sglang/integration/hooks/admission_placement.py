@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from redknot_sglang.patches.compat import extend_range, set_extend_range
+
 if TYPE_CHECKING:  # SGLang's types, for annotations only
     from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.managers.schedule_policy import PrefillAdder
@@ -39,11 +41,11 @@ def _cut(adder: PrefillAdder, reuse: DocumentReuse, req: Req) -> bool:
     then spent, as when SGLang itself truncates a request: one chunked request per round."""
     if adder.rem_chunk_tokens is None:  # chunked prefill off: no next chunk to place before
         return False
-    start, end = req.extend_range.start, req.extend_range.end
+    start, end = extend_range(req)
     at = reuse.cut_point(req, start, end)
     if at is None:
         return False
-    req.set_extend_range(start, at)
+    set_extend_range(req, start, at)
     adder.rem_chunk_tokens = 0
     return True
 
@@ -58,7 +60,10 @@ def place_documents(original: Callable[..., Any], adder: PrefillAdder, req: Req,
     if req not in adder.can_run_list:
         if placed:
             reuse.unplace(req)
-    elif not has_chunked_req and adder.new_chunked_req in (None, req) and _cut(adder, reuse, req):
+        return result
+    if placed:
+        reuse.admitted(req)
+    if not has_chunked_req and adder.new_chunked_req in (None, req) and _cut(adder, reuse, req):
         adder.new_chunked_req = req
         return adder.budget_state()
     return result
@@ -79,4 +84,6 @@ def place_chunk(original: Callable[..., Any], adder: PrefillAdder, req: Req, *ar
         # no new request is chunked while this one waits (SGLang keeps one chunked request)
         adder.rem_chunk_tokens = 0
         return result
+    if placed:
+        reuse.admitted(req)
     return req if _cut(adder, reuse, req) else result
