@@ -212,6 +212,8 @@ class HeadSplitAttnBackend(AttentionBackend):
         if not decode and self._scattered:
             self._by_position(q3, o, layer, forward_batch)
             return o.view(q.shape[0], -1)
+        # `not decode`: a CUDA-graph decode does not run init_forward_metadata, so the flag may still
+        # hold the last extend's value
         if heads.num_global and not decode and self._on_global_extend:
             pool = self.token_to_kv_pool
             o[:, :ng] = self.global_extend.run(q3[:, :ng], pool.get_key_buffer(layer.layer_id),
