@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install redknot_sglang with SGLang into a virtualenv on a CPU host.
-#   usage: bash scripts/install_cpu.sh [VENV (default .venv)] [SGLANG_VERSION (default 0.5.17)]
-#   0.5.17 (the GPU machine's pin) or 0.5.23 (what `pip install sglang` gives): every feature on both
-#   (redknot_sglang/patches/compat.py).
+#   usage: bash scripts/install_cpu.sh [VENV (default .venv)] [SGLANG_VERSION (default 0.5.23)]
+#   0.5.23 (the newest supported, what `pip install sglang` gives) or 0.5.17 (the GPU machine's pin):
+#   every feature on both (redknot_sglang/patches/compat.py).
 #   torch 2.14.1 (the newest pip allows here; SGLang's own pin, 2.11.0, is the GPU machine's),
 #   sglang and requirements/cpu-lock-VERSION.txt (SGLang's dependency set minus its CUDA-only wheels,
 #   pinned), this project (editable), the fidelity benchmark's data packages (essays, needles), and
@@ -13,7 +13,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-$here/.venv}
-version=${2:-0.5.17}
+version=${2:-0.5.23}
 lock="$here/requirements/cpu-lock-$version.txt"
 [ -f "$lock" ] || { echo "SGLang $version is not supported (no $lock)"; exit 2; }
 step() { echo "[install $1/5] $2"; }
