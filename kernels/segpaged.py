@@ -11,7 +11,9 @@ length. One launch serves all local heads of a layer, every request of the batch
 ``(request, kv head[, split | query block])``; a GQA group of query heads shares each K/V tile.
 
 * :func:`segpaged_decode`: one query per request, split over the key range (flash-decoding) so
-  small batches still fill the GPU, then a reduce over splits.
+  small batches still fill the GPU, then a reduce over splits; the layer's global heads (every key,
+  from the full slots) in the same launch, so a decode step runs one attention launch and one
+  reduce per layer, as a stock server does.
 * :func:`segpaged_extend`: ``q_lens[b]`` queries per request (their K/V already stored), at the
   request's last positions or at any increasing positions (``q_positions``: a recompute set among
   placed KV, causal by position); :func:`full_extend` is the same for global heads over full slots.
@@ -31,15 +33,12 @@ import triton.language as tl
 
 @triton.jit
 def _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h, offs_d, mask_d,
-             s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, MAPPED: tl.constexpr):
+             s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, mapped):
     """K and V ``[BLOCK_N, D]`` of positions ``pos`` of one request and KV head: sink row where
-    ``in_sink``, window slots where ``in_win`` (full slots themselves unless ``MAPPED``), zeros
-    elsewhere."""
+    ``in_sink``, window slots where ``in_win`` (full slots themselves unless ``mapped``: a constexpr
+    or a per-program flag), zeros elsewhere."""
     full = tl.load(Req2Tok + row * s_r2t + pos, mask=in_win, other=0).to(tl.int64)
-    if MAPPED:
-        slot = tl.load(Map + full, mask=in_win, other=0)
-    else:
-        slot = full
+    slot = tl.where(mapped, tl.load(Map + full, mask=in_win & mapped, other=0), full)
     sink_off = row * s_sr + pos[:, None] * s_sp + h * s_sh + offs_d[None, :]
     win_off = slot[:, None] * s_wn + h * s_wh + offs_d[None, :]
     m_sink = in_sink[:, None] & mask_d[None, :]
@@ -51,15 +50,36 @@ def _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_w
 
 @triton.jit
 def _decode_split(
-    Q, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, Win, Sink, MidO, MidLse,
-    sm_scale,
-    s_qb, s_qh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t, s_mob, s_moh, s_mos, s_mlb, s_mlh,
+    Q, K_full, V_full, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, Win, Sink, MidO, MidLse,
+    sm_scale, n_global, splits_g, splits_l,
+    s_qb, s_qh, s_fn, s_fh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t, s_mob, s_moh, s_mos, s_mlb, s_mlh,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, MAPPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
+    # programs: (request, item); items [0, n_global * splits_g) are (global head, split), the rest
+    # (local head, split)
     b = tl.program_id(0)
-    h = tl.program_id(1)
-    split = tl.program_id(2)
+    item = tl.program_id(1)
+    g_items = n_global * splits_g
+    if item < g_items:
+        h = item // splits_g
+        split = item % splits_g
+        num_splits = splits_g
+        kh = h  # head within its buffer
+        K = K_full
+        V = V_full
+        s_n = s_fn
+        s_h = s_fh
+    else:
+        kh = (item - g_items) // splits_l
+        h = n_global + kh
+        split = (item - g_items) % splits_l
+        num_splits = splits_l
+        K = K_win
+        V = V_win
+        s_n = s_wn
+        s_h = s_wh
+    is_local = h >= n_global
     row = tl.load(Rows + b)
     seq = tl.load(SeqLens + b)
     W = tl.load(Win + h)
@@ -67,7 +87,7 @@ def _decode_split(
     n_sink = tl.minimum(S, seq)
     win_lo = tl.maximum(S, seq - W)
     n = n_sink + tl.maximum(seq - win_lo, 0)
-    per_split = tl.cdiv(tl.cdiv(n, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(n, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(n, start + per_split)
 
@@ -86,8 +106,8 @@ def _decode_split(
         in_sink = valid & (t < n_sink)
         in_win = valid & (t >= n_sink)
         pos = tl.where(t < n_sink, t, win_lo + t - n_sink)
-        k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h,
-                        offs_d, mask_d, s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, MAPPED)
+        k, v = _load_kv(K_sink, V_sink, K, V, Req2Tok, Map, row, pos, in_sink, in_win, kh,
+                        offs_d, mask_d, s_sr, s_sp, s_sh, s_n, s_h, s_r2t, is_local)
         qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -107,14 +127,14 @@ def _decode_split(
 
 @triton.jit
 def _decode_reduce(
-    MidO, MidLse, O,
+    MidO, MidLse, O, g_heads, splits_g, splits_l,
     s_mob, s_moh, s_mos, s_mlb, s_mlh, s_ob, s_oh,
-    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     b = tl.program_id(0)
     qh = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
-    mask_s = offs_s < NUM_SPLITS
+    mask_s = offs_s < tl.where(qh < g_heads, splits_g, splits_l)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     lse = tl.load(MidLse + b * s_mlb + qh * s_mlh + offs_s, mask=mask_s, other=float("-inf"))
@@ -203,21 +223,27 @@ def _extend(
              out.to(O.dtype.element_ty), mask=mask_r[:, None] & mask_d[None, :])
 
 
-def _common(q: torch.Tensor, k_win: torch.Tensor) -> tuple[int, int, int]:
-    group = q.shape[1] // k_win.shape[1]
-    if q.shape[1] != group * k_win.shape[1]:
-        raise ValueError(f"{q.shape[1]} query heads do not group over {k_win.shape[1]} KV heads")
+def _common(q: torch.Tensor, kv_heads: int) -> tuple[int, int, int]:
+    group = q.shape[1] // kv_heads
+    if q.shape[1] != group * kv_heads:
+        raise ValueError(f"{q.shape[1]} query heads do not group over {kv_heads} KV heads")
     head_dim = q.shape[-1]
     return group, head_dim, triton.next_power_of_2(head_dim)
 
 
-DECODE_TUNING = dict(block_n=64, num_warps=4, num_stages=4, programs_per_sm=4)  # H100 sweep, bench/results/decode_kernel.json
+# A layer's launch (2 global + 6 local heads, H200 sweep at batch 1, 8, 32: bench/results/layer_decode.json):
+# block_n 32 and global_programs_per_sm 8 (global heads' programs each walk a long key range);
+# programs_per_sm of local heads from the H100 sweep of local heads alone (decode_kernel.json)
+DECODE_TUNING = dict(block_n=32, num_warps=4, num_stages=4, programs_per_sm=4, global_programs_per_sm=8)
+# Global heads read the whole context: splits follow the batch up to this cap, which bounds the
+# reduce (one program per query head reads every split's partial output)
+GLOBAL_MAX_SPLITS = 128
 
 
-def decode_num_splits(batch: int, local_heads: int, max_keys: int, block_n: int, target_programs: int) -> int:
-    """Key splits per (request, head) so that a decode launch has about ``target_programs``
-    programs, never more splits than key tiles."""
-    wanted = -(-target_programs // max(1, batch * local_heads))
+def decode_num_splits(batch: int, heads: int, max_keys: int, block_n: int, target_programs: int) -> int:
+    """Key splits per (request, head) so that the heads' programs number about
+    ``target_programs``, never more splits than key tiles."""
+    wanted = -(-target_programs // max(1, batch * heads))
     return max(1, min(wanted, -(-max_keys // block_n)))
 
 
@@ -225,64 +251,66 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def segpaged_decode(
-    q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
-    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor | None,
-    rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor, sink: torch.Tensor,
-    sm_scale: float, max_keys: int, num_splits: int | None = None, tuning: dict | None = None,
-) -> torch.Tensor:
-    """One query per request (``q``/``o`` ``[batch, Hq_local, D]``); ``max_keys`` bounds
-    ``sink + window`` over the heads (it only sets the split count). Without ``full_to_swa``,
-    ``k_win``/``v_win`` are indexed by the full slots of ``req_to_token`` themselves
-    (:func:`full_decode`)."""
-    group, head_dim, block_d = _common(q, k_win)
-    batch, local_heads = q.shape[0], k_win.shape[1]
-    tune = {**DECODE_TUNING, **(tuning or {})}
-    block_n = tune["block_n"]
-    splits = num_splits or decode_num_splits(
-        batch, local_heads, max_keys, block_n, tune["programs_per_sm"] * _sm_count(q.device))
-    mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
-    mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
-    mapped = full_to_swa is not None
-    _decode_split[(batch, local_heads, splits)](
-        q, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa if mapped else req_to_token, rows, seq_lens,
-        window, sink,
-        mid_o, mid_lse, sm_scale,
-        q.stride(0), q.stride(1), k_win.stride(0), k_win.stride(1),
-        k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, HEAD_DIM=head_dim, NUM_SPLITS=splits, MAPPED=mapped,
-        num_warps=tune["num_warps"], num_stages=tune["num_stages"],
-    )
-    _decode_reduce[(batch, q.shape[1])](
-        mid_o, mid_lse, o,
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        o.stride(0), o.stride(1),
-        NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, HEAD_DIM=head_dim,
-    )
-    return o
-
-
 FULL_WINDOW = 1 << 30  # "every key": a window no context reaches
 
 
 def full_window(heads: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head window and sink of heads that read every key (:func:`full_decode`)."""
+    """Per-head window and sink of heads that read every key (global heads)."""
     return (torch.full((heads,), FULL_WINDOW, dtype=torch.int32, device=device),
             torch.zeros(heads, dtype=torch.int32, device=device))
 
 
-def full_decode(q: torch.Tensor, o: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
-                req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor,
-                sink: torch.Tensor, sm_scale: float, max_keys: int) -> torch.Tensor:
-    """Decode over every key ``[0, seq)`` in the full slots of ``req_to_token``: the same split-K
-    kernel with window :data:`FULL_WINDOW` and sink 0 (``window``/``sink`` from
-    :func:`full_window`), unmapped; splits follow the batch and ``max_keys``. Measured against
-    SGLang's Triton decode for the global heads (``scripts/bench/global_decode_splits.py``): not
-    better overall, so the backend keeps SGLang's kernel for them."""
-    return segpaged_decode(q, o, k_buf, v_buf, k_buf, v_buf, req_to_token, None, rows, seq_lens, window, sink,
-                           sm_scale, max_keys)
+def segpaged_decode(
+    q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
+    k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor,
+    rows: torch.Tensor, seq_lens: torch.Tensor, window: torch.Tensor, sink: torch.Tensor,
+    sm_scale: float, max_keys: int, num_splits: int | None = None, tuning: dict | None = None,
+    global_kv: tuple[torch.Tensor, torch.Tensor] | None = None, global_splits: int | None = None,
+) -> torch.Tensor:
+    """One query per request (``q``/``o`` ``[batch, Hq, D]``), every head of a layer in one launch
+    and one reduce::
+
+        q heads:   | G * group global heads       | L * group local heads                 |
+        keys:      | [0, seq) from ``global_kv``  | sink row + window slots (mapped)      |
+                   | (full slots, unmapped)       |                                       |
+        window/sink| FULL_WINDOW / 0              | per local head                        |
+
+    ``global_kv`` (``[full slots, G, D]`` each) is absent for local heads only (G = 0); ``k_win``
+    may have no heads (L = 0). ``window``/``sink`` hold all G + L heads, global first
+    (:func:`full_window`). Splits: local heads by ``max_keys`` (a bound of sink + window), global
+    heads by the context (``req_to_token``'s width) up to :data:`GLOBAL_MAX_SPLITS`, both by the
+    batch; host ints only, so the launch can be captured in a CUDA graph."""
+    k_full, v_full = global_kv if global_kv is not None else (k_win, v_win)
+    n_global = k_full.shape[1] if global_kv is not None else 0
+    n_local = k_win.shape[1]
+    group, head_dim, block_d = _common(q, n_global + n_local)
+    batch = q.shape[0]
+    tune = {**DECODE_TUNING, **(tuning or {})}
+    block_n = tune["block_n"]
+    sms = _sm_count(q.device)
+    splits_l = num_splits or decode_num_splits(batch, n_local, max_keys, block_n, tune["programs_per_sm"] * sms)
+    splits_g = global_splits or min(GLOBAL_MAX_SPLITS, decode_num_splits(
+        batch, n_global, req_to_token.shape[1], block_n, tune["global_programs_per_sm"] * sms))
+    splits = max(splits_l if n_local else 1, splits_g if n_global else 1)
+    mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
+    mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
+    _decode_split[(batch, n_global * splits_g + n_local * splits_l)](
+        q, k_full, v_full, k_win, v_win, k_sink, v_sink, req_to_token,
+        full_to_swa if full_to_swa is not None else req_to_token, rows, seq_lens, window, sink,
+        mid_o, mid_lse, sm_scale, n_global, splits_g, splits_l,
+        q.stride(0), q.stride(1), k_full.stride(0), k_full.stride(1), k_win.stride(0), k_win.stride(1),
+        k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=block_d, HEAD_DIM=head_dim, num_warps=tune["num_warps"], num_stages=tune["num_stages"],
+    )
+    _decode_reduce[(batch, q.shape[1])](
+        mid_o, mid_lse, o, n_global * group, splits_g, splits_l,
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        o.stride(0), o.stride(1),
+        BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, HEAD_DIM=head_dim,
+    )
+    return o
 
 
 def segpaged_extend(
@@ -298,7 +326,7 @@ def segpaged_extend(
     causally *by position* to its request's keys; their K/V and every key they read must already
     be stored. Without ``full_to_swa``, ``k_win``/``v_win`` are indexed by the full slots of
     ``req_to_token`` themselves (:func:`full_extend`)."""
-    group, head_dim, block_d = _common(q, k_win)
+    group, head_dim, block_d = _common(q, k_win.shape[1])
     group_p = triton.next_power_of_2(group)
     block_m = max(1, (64 if head_dim <= 64 else 32) // group_p)
     grid = (rows.shape[0], k_win.shape[1], triton.cdiv(max_q_len, block_m))

@@ -4,15 +4,18 @@ Per layer, after the load-time permutation, query heads ``[0, G*grp)`` read glob
 ``[0, G)`` and the rest read local heads::
 
     q heads:  | global group: G*grp heads      | local group: (H-G)*grp heads           |
-    kernels:  | SGLang's base backend (Triton / | SegPaged: sink row + window slots,     |
-              | torch_native) over full slots;  | Triton on CUDA, torch on CPU           |
-              | extends on FlashInfer if given  |                                        |
+    keys:     | every key, full slots           | sink row + window slots                |
+    decode:   | CUDA: one SegPaged launch and one reduce for both groups (CUDA-graph safe)|
+              | CPU: SGLang's base backend      | CPU: the torch path                    |
+    extend:   | FlashInfer if given, else the   | SegPaged (Triton on CUDA, torch on     |
+              | base backend                    | CPU)                                   |
 
 The base backend is SGLang's own class, built over the head-split pool (whose ``get_key_buffer``
 returns the global heads' buffers) and called with a copy of the layer whose head counts are the
-global group's; it keeps its metadata, CUDA-graph state and kernels. New K/V are stored once, here:
-global heads into full slots, local heads into window slots and (positions below the sink) into the
-request's sink row.
+global group's; it keeps its metadata and kernels (on CUDA it serves no decode, so neither its
+decode metadata nor its CUDA-graph state is built). New K/V are stored once, here: global heads
+into full slots, local heads into window slots and (positions below the sink) into the request's
+sink row.
 
 An extend holding a selective request's recompute set (queries at scattered positions, see
 :mod:`redknot_sglang.integration.document_reuse`) runs both head classes on the position-causal
@@ -38,6 +41,7 @@ from redknot_sglang.attention.global_extend import FlashInferGlobalExtend
 from redknot_sglang.attention.local_torch import local_attention_torch
 from redknot_sglang.heads.layout import RankHeadLayout
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool, sink_targets
+from redknot_sglang.kernels.segpaged import FULL_WINDOW
 from redknot_sglang.reuse.rope import RopeSpec
 
 if TYPE_CHECKING:  # SGLang's types, for annotations only
@@ -55,25 +59,6 @@ def _without_sliding_window(model_runner: ModelRunner):
         yield
     finally:
         model_runner.sliding_window_size = saved
-
-
-# Decode split-K cap for the global group on SGLang's Triton kernel. Its default (8) is sized for
-# all of a layer's heads; on 1-2 KV heads at 32K tokens the grid leaves the GPU idle. Measured
-# (bench/results/global_decode_splits.json, H200, CUDA-graph replay, 1 KV head): batch 1 179 us at
-# 8 splits, 39 us at 64; batch 8: 323 -> 70 us; batch 32: 342 -> 194 us.
-GLOBAL_DECODE_SPLITS = 64
-
-
-def _fit_triton_to_global_group(base: AttentionBackend, layout: RankHeadLayout) -> None:
-    """Let SGLang's Triton backend size its decode split-K for the global group it serves: its
-    split heuristic reads ``num_head``/``num_kv_head`` (the grid it expects to fill) and caps at
-    ``max_kv_splits``; both are set before any buffer is sized (metadata and CUDA-graph state)."""
-    if not hasattr(base, "max_kv_splits"):
-        return
-    group = base.num_head // base.num_kv_head
-    base.num_kv_head = max(1, max(layer.num_global for layer in layout.layers))
-    base.num_head = base.num_kv_head * group
-    base.max_kv_splits = max(base.max_kv_splits, GLOBAL_DECODE_SPLITS)
 
 
 def _rotary_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -109,15 +94,18 @@ class HeadSplitAttnBackend(AttentionBackend):
             raise RuntimeError("redknot: local heads need --radix-cache-backend redknot's head-split pool")
         with _without_sliding_window(model_runner):
             self.base = ATTENTION_BACKENDS[base_backend](model_runner)
-        _fit_triton_to_global_group(self.base, layout)
         self.device = model_runner.device
         self.model = getattr(model_runner, "model", None)  # RoPE of document reuse
-        # local heads' attention and every K/V store: our Triton kernels on CUDA, the torch path on
-        # CPU (tests may pick either)
+        # local heads' attention, every decode and every K/V store: our Triton kernels on CUDA, the
+        # torch path and the base backend on CPU (tests may pick either)
         self.local_impl = "triton" if str(self.device).startswith("cuda") else "torch"
         self.sink = self.token_to_kv_pool.sink
-        self.windows = [torch.tensor(lh.window, dtype=torch.int32, device=self.device) for lh in layout.layers]
-        self.sinks = [torch.tensor(lh.sink, dtype=torch.int32, device=self.device) for lh in layout.layers]
+        # per layer, window and sink of every head, global heads first (every key, no sink)
+        full = FULL_WINDOW
+        self.windows = [torch.tensor((full,) * lh.num_global + lh.window, dtype=torch.int32, device=self.device)
+                        for lh in layout.layers]
+        self.sinks = [torch.tensor((0,) * lh.num_global + lh.sink, dtype=torch.int32, device=self.device)
+                      for lh in layout.layers]
         self._global_layers: dict[int, Any] = {}
         self._extend_rows: Optional[torch.Tensor] = None
         self._scattered = False  # this extend holds a recompute set at scattered positions
@@ -142,22 +130,32 @@ class HeadSplitAttnBackend(AttentionBackend):
             self.global_extend.begin(self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
                                      forward_batch.seq_lens, forward_batch.seq_lens_cpu.tolist(),
                                      forward_batch.extend_seq_lens_cpu)
-        else:
+        elif extend or self._base_decodes:
             self.base.init_forward_metadata(forward_batch)
         if extend:
             self._extend_rows = torch.repeat_interleave(
                 forward_batch.req_pool_indices, forward_batch.extend_seq_lens
             )
 
+    @property
+    def _base_decodes(self) -> bool:
+        """Whether decode runs the base backend's kernels (CPU); on CUDA our one launch per layer
+        reads ``req_to_token``, rows and sequence lengths straight from the batch."""
+        return self.local_impl != "triton"
+
+    # CUDA graphs capture decode only (prefill graphs are off for the head split)
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False) -> None:
         self.token_to_kv_pool.flush_sink_copies()
-        self.base.init_forward_metadata_out_graph(forward_batch, in_capture)
+        if self._base_decodes:
+            self.base.init_forward_metadata_out_graph(forward_batch, in_capture)
 
     def init_forward_metadata_in_graph(self, forward_batch: ForwardBatch) -> None:
-        self.base.init_forward_metadata_in_graph(forward_batch)
+        if self._base_decodes:
+            self.base.init_forward_metadata_in_graph(forward_batch)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
-        self.base.init_cuda_graph_state(max_bs, max_num_tokens)
+        if self._base_decodes:
+            self.base.init_cuda_graph_state(max_bs, max_num_tokens)
 
     def get_cuda_graph_seq_len_fill_value(self) -> int:
         return self.base.get_cuda_graph_seq_len_fill_value()
@@ -212,6 +210,9 @@ class HeadSplitAttnBackend(AttentionBackend):
         if not decode and self._scattered:
             self._by_position(q3, o, layer, forward_batch)
             return o.view(q.shape[0], -1)
+        if decode and not self._base_decodes:
+            self._decode(q3, o, layer, forward_batch)
+            return o.view(q.shape[0], -1)
         # `not decode`: a CUDA-graph decode does not run init_forward_metadata, so the flag may still
         # hold the last extend's value
         if heads.num_global and not decode and self._on_global_extend:
@@ -229,6 +230,20 @@ class HeadSplitAttnBackend(AttentionBackend):
         if heads.num_local:
             self._local(q3[:, ng:], o[:, ng:], layer, forward_batch, decode)
         return o.view(q.shape[0], -1)
+
+    def _decode(self, q3: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> None:
+        """Every head of the layer in one SegPaged launch: global heads over the full slots, local
+        heads over sink + window (:func:`redknot_sglang.kernels.segpaged.segpaged_decode`)."""
+        from redknot_sglang.kernels import segpaged
+
+        pool = self.token_to_kv_pool
+        lid = layer.layer_id
+        heads = self.layout.layers[lid]
+        segpaged.segpaged_decode(
+            q3, o, *pool.local_buffers(lid), self.req_to_token_pool.req_to_token, pool.full_to_swa_index_mapping,
+            forward_batch.req_pool_indices, forward_batch.seq_lens, self.windows[lid], self.sinks[lid],
+            layer.scaling, heads.max_keys, global_kv=pool.get_kv_buffer(lid) if heads.num_global else None,
+        )
 
     def _by_position(self, q3: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> None:
         """An extend holding a recompute set: every query attends causally by its position
@@ -252,9 +267,10 @@ class HeadSplitAttnBackend(AttentionBackend):
                 segpaged.full_extend(q3[:, :ng], o[:, :ng], full_k, full_v, *common, window, sink, layer.scaling,
                                      q_positions=pos)
             if heads.num_local:
+                g = heads.num_global
                 segpaged.segpaged_extend(q3[:, ng:], o[:, ng:], k_win, v_win, k_sink, v_sink, r2t,
-                                         pool.full_to_swa_index_mapping, *common[1:], self.windows[lid],
-                                         self.sinks[lid], layer.scaling, q_positions=pos)
+                                         pool.full_to_swa_index_mapping, *common[1:], self.windows[lid][g:],
+                                         self.sinks[lid][g:], layer.scaling, q_positions=pos)
             return
         rows, seq_lens = forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist()
         q_lens = forward_batch.extend_seq_lens.tolist()
@@ -268,6 +284,7 @@ class HeadSplitAttnBackend(AttentionBackend):
                                   layer.scaling, q_positions=forward_batch.positions)
 
     def _local(self, q: torch.Tensor, o: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch, decode: bool) -> None:
+        """The local group's extend (CUDA, Triton) or extend and decode (CPU, torch)."""
         pool = self.token_to_kv_pool
         lid = layer.layer_id
         k_win, v_win, k_sink, v_sink = pool.local_buffers(lid)
@@ -275,15 +292,12 @@ class HeadSplitAttnBackend(AttentionBackend):
         if self.local_impl == "triton":
             from redknot_sglang.kernels import segpaged
 
-            common = (q, o, k_win, v_win, k_sink, v_sink, self.req_to_token_pool.req_to_token,
-                      pool.full_to_swa_index_mapping, forward_batch.req_pool_indices, forward_batch.seq_lens)
-            if decode:
-                segpaged.segpaged_decode(*common, self.windows[lid], self.sinks[lid], layer.scaling,
-                                         heads.max_keys)
-            else:
-                segpaged.segpaged_extend(*common, forward_batch.extend_start_loc, forward_batch.extend_seq_lens,
-                                         max(forward_batch.extend_seq_lens_cpu), self.windows[lid],
-                                         self.sinks[lid], layer.scaling)
+            g = heads.num_global
+            segpaged.segpaged_extend(q, o, k_win, v_win, k_sink, v_sink, self.req_to_token_pool.req_to_token,
+                                     pool.full_to_swa_index_mapping, forward_batch.req_pool_indices,
+                                     forward_batch.seq_lens, forward_batch.extend_start_loc,
+                                     forward_batch.extend_seq_lens, max(forward_batch.extend_seq_lens_cpu),
+                                     self.windows[lid][g:], self.sinks[lid][g:], layer.scaling)
             return
         seq_lens = forward_batch.seq_lens.tolist()
         q_lens = [1] * len(seq_lens) if decode else forward_batch.extend_seq_lens.tolist()

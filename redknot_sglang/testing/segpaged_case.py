@@ -40,6 +40,10 @@ class SegPagedCase:
     def max_keys(self) -> int:
         return int((self.window + self.sink).max())
 
+    def max_keys_of(self, heads: slice) -> int:
+        """``sink + window`` bound of some heads (0 for none)."""
+        return int((self.window[heads] + self.sink[heads]).max()) if len(self.window[heads]) else 0
+
     def bytes_read(self) -> int:
         """K and V bytes the kernels must read (each visible key once per KV head)."""
         total = 0

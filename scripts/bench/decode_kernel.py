@@ -17,6 +17,7 @@ from triton.testing import do_bench
 
 from redknot_sglang.kernels.segpaged import segpaged_decode
 from redknot_sglang.testing.segpaged_case import make_bench_case
+from redknot_sglang.testing.timing import graph_ms
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -26,16 +27,6 @@ def copy_gbps(nbytes: int = 2 << 30) -> float:
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
     return 2 * nbytes / ms / 1e6  # read + write
-
-
-def graph_ms(fn) -> float:
-    """Median time of ``fn`` replayed from a CUDA graph, as the server runs decode (no launch gaps)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return do_bench(graph.replay, warmup=50, rep=300, return_mode="median")
 
 
 def kernel_gbps(batch: int, seq_len: int = 32768, tuning: dict | None = None) -> dict:

@@ -3,7 +3,7 @@
 #   setup        install carried wheels + this project, unpack carried models (scripts/device/setup.sh)
 #   tests        pytest -m gpu, kernel tests only (no servers)
 #   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
-#   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, global_decode_splits, fidelity, reuse_frontier
+#   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, layer_decode, fidelity, reuse_frontier
 #                --side S), stopped after $LANE_SERVING_S (540) seconds; its JSON, plot, partial file and
 #                server logs to $OUT
 #   profile ARGS python -m redknot_sglang.profile on SmolLM2 into /tmp/prof (work folder kept: a second

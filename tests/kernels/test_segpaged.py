@@ -100,21 +100,62 @@ def test_triton_kernels_match_reference_real_sizes(decode):
     assert _rel_err(_run_kernel(case, decode), reference(case)) < 1e-2
 
 
-def test_full_decode_reads_every_key_from_the_full_slots():
-    """Global heads' decode: the same kernel, unmapped, window 'every key', sink 0, over buffers
-    indexed by full slots (unused slots NaN); splits sized by the context length."""
+# float32 cases: exact dots under the interpreter; tl.dot runs TF32 on a GPU (8e-4 measured on an H200)
+F32_TOL = 2e-3 if CUDA else 1e-4
+
+
+def _layer_decode(case, n_global: int, **kw):
+    """One decode launch over a layer whose first ``n_global`` heads are global (read from the
+    full slots, unmapped) and the rest local (sink row + mapped window slots)."""
     from redknot_sglang.kernels import segpaged
 
-    dev = "cuda" if CUDA else "cpu"
-    heads = 2
-    case = make_case([67, 5, 130], [1, 1, 1], window=[segpaged.FULL_WINDOW] * heads, sink=[0] * heads, group=2,
-                     head_dim=32, seed=3, device=dev)
-    k_full, v_full = full_buffers(case)
-    window, sink = segpaged.full_window(heads, dev)
+    k_full, v_full = full_buffers(case, case.q.dtype)
+    g = n_global
     out = torch.full_like(case.q, float("nan"))
-    segpaged.full_decode(case.q, out, k_full, v_full, case.req_to_token, case.rows, case.seq_lens, window, sink,
-                         case.scale, max_keys=case.req_to_token.shape[1])
-    assert _rel_err(out, reference(case)) < 1e-4
+    segpaged.segpaged_decode(case.q, out, case.k_win[:, g:], case.v_win[:, g:], case.k_sink[:, :, g:],
+                             case.v_sink[:, :, g:], case.req_to_token, case.full_to_swa, case.rows, case.seq_lens,
+                             case.window, case.sink, case.scale, case.max_keys_of(slice(g, None)),
+                             global_kv=(k_full[:, :g], v_full[:, :g]), **kw)
+    return out
+
+
+def _layer_case(seq, n_global: int, local: dict, *, seed: int, **kw):
+    from redknot_sglang.kernels import segpaged
+
+    return make_case(seq, [1] * len(seq), window=[segpaged.FULL_WINDOW] * n_global + local["window"],
+                     sink=[0] * n_global + local["sink"], seed=seed, device="cuda" if CUDA else "cpu", **kw)
+
+
+@pytest.mark.parametrize("n_global,local", [(2, HEADS), (2, dict(window=[], sink=[])), (1, dict(window=[9], sink=[2]))])
+def test_layer_decode_global_and_local_heads_in_one_launch(n_global, local):
+    """A layer's decode in one launch: global heads over every key of the full slots (the rest of
+    that pool NaN), local heads over sink + window, each equal to the float64 reference; a layer
+    of global heads only too."""
+    case = _layer_case([67, 5, 130], n_global, local, seed=3, group=2, head_dim=32)
+    assert _rel_err(_layer_decode(case, n_global), reference(case)) < F32_TOL
+
+
+def test_layer_decode_splits_agree_and_rescale():
+    """Global and local heads cut into different split counts, each split walking several key
+    tiles of sharp attention: the result does not depend on the cut, the rescale across tiles and
+    the reduce over each class's own split count are right."""
+    case = _layer_case([150, 97], 2, dict(window=[100, 60], sink=[5, 3]), seed=11, group=2, head_dim=32)
+    case.q *= 4
+    ref = reference(case)
+    for splits, global_splits in ((1, 1), (1, 3), (3, 2), (2, 5)):
+        out = _layer_decode(case, 2, num_splits=splits, global_splits=global_splits, tuning={"block_n": 16})
+        assert _rel_err(out, ref) < F32_TOL, (splits, global_splits)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8])
+def test_layer_decode_real_sizes(batch):
+    """Llama-3.1-8B shape (GQA 4, head_dim 128, bf16): 2 global heads over 32K-token requests and 6
+    local heads (window 1024, sink 64) in one launch, with the server's split counts."""
+    seq = [32768, 9000, 1500, 700, 20000, 64, 4000, 31000][:batch]
+    case = _layer_case(seq, 2, dict(window=[1024] * 6, sink=[64] * 6), seed=5, group=4, head_dim=128,
+                       dtype=torch.bfloat16)
+    assert _rel_err(_layer_decode(case, 2), reference(case)) < 1e-2
 
 
 def _scattered(case, seed: int):
