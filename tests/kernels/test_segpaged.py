@@ -13,6 +13,9 @@ from redknot_sglang.attention.local_torch import local_attention_torch
 from redknot_sglang.testing.segpaged_case import full_buffers, make_case, reference
 
 CUDA = torch.cuda.is_available()
+# float32 cases of the Triton kernels: exact dots under the interpreter (CPU); on a GPU tl.dot runs
+# TF32 (7.7e-4 to 1.0e-3 relative error measured on an H200)
+F32_TOL = 2e-3 if CUDA else 1e-4
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -69,7 +72,7 @@ def test_triton_kernels_match_reference_small(seed, decode, group):
     is not a power of two: the tiles pad it."""
     seq, q_lens = _random_shape(random.Random(100 + seed), decode)
     case = make_case(seq, q_lens, **HEADS, group=group, head_dim=32, seed=seed, device="cuda" if CUDA else "cpu")
-    assert _rel_err(_run_kernel(case, decode), reference(case)) < 1e-4
+    assert _rel_err(_run_kernel(case, decode), reference(case)) < F32_TOL
 
 
 def test_decode_splits_agree():
@@ -77,7 +80,7 @@ def test_decode_splits_agree():
     case = make_case([67, 5], [1, 1], **HEADS, group=2, head_dim=32, seed=7, device="cuda" if CUDA else "cpu")
     ref = reference(case)
     for splits in (1, 2, 3):
-        assert _rel_err(_run_kernel(case, True, splits), ref) < 1e-4
+        assert _rel_err(_run_kernel(case, True, splits), ref) < F32_TOL
 
 
 def test_decode_rescales_across_key_tiles():
@@ -86,7 +89,7 @@ def test_decode_rescales_across_key_tiles():
     case = make_case([150, 97], [1, 1], window=[100, 60], sink=[5, 3], group=2, head_dim=32, seed=11,
                      device="cuda" if CUDA else "cpu")
     case.q *= 4  # sharp attention: tiles' maxima far apart, a missing rescale shows
-    assert _rel_err(_run_kernel(case, True, 1, {"block_n": 16}), reference(case)) < 1e-4
+    assert _rel_err(_run_kernel(case, True, 1, {"block_n": 16}), reference(case)) < F32_TOL
 
 
 @pytest.mark.gpu
@@ -98,10 +101,6 @@ def test_triton_kernels_match_reference_real_sizes(decode):
     case = make_case(seq, q_lens, window=[1024] * 7, sink=[64] * 7, group=4, head_dim=128,
                      dtype=torch.bfloat16, device="cuda", seed=3)
     assert _rel_err(_run_kernel(case, decode), reference(case)) < 1e-2
-
-
-# float32 cases: exact dots under the interpreter; tl.dot runs TF32 on a GPU (8e-4 measured on an H200)
-F32_TOL = 2e-3 if CUDA else 1e-4
 
 
 def _layer_decode(case, n_global: int, **kw):
@@ -203,7 +202,7 @@ def test_extend_at_scattered_positions_is_causal_by_position(seed, heads):
     seq = [90, 37, 140][: seed + 1]
     shape = HEADS if heads == "local" else dict(window=[segpaged.FULL_WINDOW] * 3, sink=[0] * 3)
     case = make_case(seq, seq, **shape, group=2, head_dim=32, seed=seed, device=dev)
-    assert _rel_err(*_extend_scattered(case, heads, seed)) < 1e-4
+    assert _rel_err(*_extend_scattered(case, heads, seed)) < F32_TOL
 
 
 @pytest.mark.gpu
