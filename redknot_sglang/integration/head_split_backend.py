@@ -101,8 +101,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         self.local_impl = "triton" if str(self.device).startswith("cuda") else "torch"
         self.sink = self.token_to_kv_pool.sink
         # per layer, window and sink of every head, global heads first (every key, no sink)
-        full = FULL_WINDOW
-        self.windows = [torch.tensor((full,) * lh.num_global + lh.window, dtype=torch.int32, device=self.device)
+        self.windows = [torch.tensor((FULL_WINDOW,) * lh.num_global + lh.window, dtype=torch.int32, device=self.device)
                         for lh in layout.layers]
         self.sinks = [torch.tensor((0,) * lh.num_global + lh.sink, dtype=torch.int32, device=self.device)
                       for lh in layout.layers]
