@@ -96,16 +96,25 @@ def wait_admitted(server: Server, target: int, since: int, stall_s: float, timeo
     return best, last_prefill
 
 
+def rate_at(log: str, since: int, running: int, lines: int = 2) -> float | None:
+    """Average decode throughput of the first ``lines`` log lines after ``since`` at ``running``
+    requests whose interval ran no prefill (a line right after a prefill batch is skipped: its
+    interval spans it). A wave at capacity keeps requests queued, which get admitted between decode
+    lines whenever a request of an earlier wave finishes, so lines between prefills count too."""
+    seen: list[float] = []
+    for segment in log[since:].split("Prefill batch"):
+        seen += [tp for r, tp, _ in decode_lines(segment, 0)[1:] if r == running]
+    return sum(seen[:lines]) / lines if len(seen) >= lines else None
+
+
 def steady_throughput(server: Server, since: int, running: int, lines: int = 2, timeout_s: float = 60) -> float | None:
-    """Average decode throughput over ``lines`` log lines at ``running`` requests, no prefill;
-    None when the batch never decodes that long undisturbed (e.g. retractions at capacity)."""
+    """:func:`rate_at` on the server's log, waiting up to ``timeout_s`` for the lines; None when the
+    batch never decodes that long undisturbed (e.g. retractions at capacity)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        log = server.log()
-        start = max(since, log.rfind("Prefill batch"))  # steady state: after the last prefill
-        seen = [tp for r, tp, _ in decode_lines(log, start) if r == running][1:]  # first may span a prefill
-        if len(seen) >= lines:
-            return sum(seen[:lines]) / lines
+        rate = rate_at(server.log(), since, running, lines)
+        if rate is not None:
+            return rate
         time.sleep(0.5)
     return None
 
