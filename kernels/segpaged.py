@@ -295,8 +295,7 @@ def segpaged_decode(
     mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
     _decode_split[(batch, n_global * splits_g + n_local * splits_l)](
-        q, k_full, v_full, k_win, v_win, k_sink, v_sink, req_to_token,
-        full_to_swa if full_to_swa is not None else req_to_token, rows, seq_lens, window, sink,
+        q, k_full, v_full, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, window, sink,
         mid_o, mid_lse, sm_scale, n_global, splits_g, splits_l,
         q.stride(0), q.stride(1), k_full.stride(0), k_full.stride(1), k_win.stride(0), k_win.stride(1),
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),

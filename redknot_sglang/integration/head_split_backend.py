@@ -261,12 +261,11 @@ class HeadSplitAttnBackend(AttentionBackend):
             pos = forward_batch.positions.to(torch.int32)
             common = (r2t, forward_batch.req_pool_indices, forward_batch.seq_lens, forward_batch.extend_start_loc,
                       forward_batch.extend_seq_lens, max(forward_batch.extend_seq_lens_cpu))
-            if heads.num_global:
-                window, sink = segpaged.full_window(heads.num_global, q3.device)
-                segpaged.full_extend(q3[:, :ng], o[:, :ng], full_k, full_v, *common, window, sink, layer.scaling,
-                                     q_positions=pos)
+            g = heads.num_global
+            if g:
+                segpaged.full_extend(q3[:, :ng], o[:, :ng], full_k, full_v, *common, self.windows[lid][:g],
+                                     self.sinks[lid][:g], layer.scaling, q_positions=pos)
             if heads.num_local:
-                g = heads.num_global
                 segpaged.segpaged_extend(q3[:, ng:], o[:, ng:], k_win, v_win, k_sink, v_sink, r2t,
                                          pool.full_to_swa_index_mapping, *common[1:], self.windows[lid][g:],
                                          self.sinks[lid][g:], layer.scaling, q_positions=pos)

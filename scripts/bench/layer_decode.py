@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from redknot_sglang.kernels.segpaged import FULL_WINDOW, segpaged_decode
+from redknot_sglang.kernels.segpaged import full_window, segpaged_decode
 from redknot_sglang.testing.segpaged_case import make_bench_case
 from redknot_sglang.testing.timing import graph_ms
 
@@ -45,8 +45,8 @@ def layer(batch: int, n_global: int) -> dict:
     full_to_swa[perm] = case.full_to_swa
     k_full = torch.randn(slots, n_global, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     q = torch.randn(batch, KV_HEADS * GROUP, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
-    window = torch.cat([torch.full((n_global,), FULL_WINDOW, dtype=torch.int32, device="cuda"), case.window])
-    sink = torch.cat([torch.zeros(n_global, dtype=torch.int32, device="cuda"), case.sink])
+    g_window, g_sink = full_window(n_global, "cuda")
+    window, sink = torch.cat([g_window, case.window]), torch.cat([g_sink, case.sink])
     return dict(case=case, req_to_token=req_to_token, full_to_swa=full_to_swa, k_full=k_full,
                 v_full=torch.randn_like(k_full), q=q, window=window, sink=sink)
 
