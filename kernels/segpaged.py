@@ -8,7 +8,8 @@ Local head ``h`` (window ``W_h``, sink ``S_h``) at query position ``i`` attends 
 No mask tensor exists: each program visits only those two ranges (boundary tiles compare
 positions in registers), so the bytes read are the sink and the window, whatever the context
 length. One launch serves all local heads of a layer, every request of the batch: programs are
-``(request, kv head[, split | query block])``; a GQA group of query heads shares each K/V tile.
+``(request, kv head[, split | query block])`` (a decode's global heads: ``(request, split)``, all
+of them in one program); a GQA group of query heads shares each K/V tile.
 
 * :func:`segpaged_decode`: one query per request, split over the key range (flash-decoding) so
   small batches still fill the GPU, then a reduce over splits; the layer's global heads (every key,
@@ -49,80 +50,92 @@ def _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_w
 
 
 @triton.jit
+def _softmax_step(q, k, v, valid, m_i, l_i, acc, sm_scale):
+    """One key tile of the online softmax: ``q`` ``[rows, D]``, ``k``/``v`` ``[BLOCK_N, D]``, keys
+    where ``valid`` (``[rows, BLOCK_N]``) are seen."""
+    qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
+    qk = tl.where(valid, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(qk - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_split(
     Q, K_full, V_full, K_win, V_win, K_sink, V_sink, Req2Tok, Map, Rows, SeqLens, Win, Sink, MidO, MidLse,
     sm_scale, n_global, splits_g, splits_l,
     s_qb, s_qh, s_fn, s_fh, s_wn, s_wh, s_sr, s_sp, s_sh, s_r2t, s_mob, s_moh, s_mos, s_mlb, s_mlh,
-    GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, G_P: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_NG: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
-    # programs: (request, item); items [0, n_global * splits_g) are (global head, split), the rest
-    # (local head, split)
+    # programs: (request, item); items [0, splits_g) are splits of the global heads (all of them
+    # in one program: a full slot holds their K/V side by side) over positions [0, seq), the rest
+    # (local head, split) over sink + window
     b = tl.program_id(0)
     item = tl.program_id(1)
-    g_items = n_global * splits_g
-    if item < g_items:
-        h = item // splits_g
-        split = item % splits_g
-        num_splits = splits_g
-        kh = h  # head within its buffer
-        K = K_full
-        V = V_full
-        s_n = s_fn
-        s_h = s_fh
-    else:
-        kh = (item - g_items) // splits_l
-        h = n_global + kh
-        split = (item - g_items) % splits_l
-        num_splits = splits_l
-        K = K_win
-        V = V_win
-        s_n = s_wn
-        s_h = s_wh
-    is_local = h >= n_global
+    is_global = item < splits_g
+    local_item = item - splits_g
+    h0 = tl.where(is_global, 0, n_global + local_item // splits_l)  # the program's first KV head
+    n_heads = tl.where(is_global, n_global, 1)
+    split = tl.where(is_global, item, local_item % splits_l)
+    num_splits = tl.where(is_global, splits_g, splits_l)
     row = tl.load(Rows + b)
     seq = tl.load(SeqLens + b)
-    W = tl.load(Win + h)
-    S = tl.load(Sink + h)
+    S = tl.load(Sink + h0)
     n_sink = tl.minimum(S, seq)
-    win_lo = tl.maximum(S, seq - W)
+    win_lo = tl.maximum(S, seq - tl.load(Win + h0))
     n = n_sink + tl.maximum(seq - win_lo, 0)
-    per_split = tl.cdiv(tl.cdiv(n, num_splits), BLOCK_N) * BLOCK_N
+    tile = tl.where(is_global, BLOCK_NG, BLOCK_N)  # positions per key tile
+    per_split = tl.cdiv(tl.cdiv(n, num_splits), tile) * tile
     start = split * per_split
     end = tl.minimum(n, start + per_split)
 
-    offs_h = tl.arange(0, BLOCK_H)
-    mask_h = offs_h < GROUP
+    # a tile row is (head of the program, query head of its group)
+    offs_r = tl.arange(0, BLOCK_H)
+    r_head = offs_r // GROUP_P
+    r_g = offs_r % GROUP_P
+    qh = (h0 + r_head) * GROUP + r_g
+    mask_r = (r_head < n_heads) & (r_g < GROUP)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-    q = tl.load(Q + b * s_qb + (h * GROUP + offs_h)[:, None] * s_qh + offs_d[None, :],
-                mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    q = tl.load(Q + b * s_qb + qh[:, None] * s_qh + offs_d[None, :], mask=mask_r[:, None] & mask_d[None, :],
+                other=0.0)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for t0 in range(start, end, BLOCK_N):
-        t = t0 + tl.arange(0, BLOCK_N)
-        valid = t < end
-        in_sink = valid & (t < n_sink)
-        in_win = valid & (t >= n_sink)
-        pos = tl.where(t < n_sink, t, win_lo + t - n_sink)
-        k, v = _load_kv(K_sink, V_sink, K, V, Req2Tok, Map, row, pos, in_sink, in_win, kh,
-                        offs_d, mask_d, s_sr, s_sp, s_sh, s_n, s_h, s_r2t, is_local)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
-        qk = tl.where(valid[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-        m_i = m_new
+    if is_global:
+        # a tile column is (position, global head): the G heads of a slot are one contiguous read
+        offs_c = tl.arange(0, BLOCK_NG * G_P)
+        c_head = offs_c % G_P
+        for t0 in range(start, end, BLOCK_NG):
+            t = t0 + offs_c // G_P
+            valid = (t < end) & (c_head < n_heads)
+            slot = tl.load(Req2Tok + row * s_r2t + t, mask=valid, other=0).to(tl.int64)
+            off = slot[:, None] * s_fn + c_head[:, None] * s_fh + offs_d[None, :]
+            m_kv = valid[:, None] & mask_d[None, :]
+            k = tl.load(K_full + off, mask=m_kv, other=0.0)
+            v = tl.load(V_full + off, mask=m_kv, other=0.0)
+            seen = valid[None, :] & (c_head[None, :] == r_head[:, None])
+            m_i, l_i, acc = _softmax_step(q, k, v, seen, m_i, l_i, acc, sm_scale)
+    else:
+        for t0 in range(start, end, BLOCK_N):
+            t = t0 + tl.arange(0, BLOCK_N)
+            valid = t < end
+            pos = tl.where(t < n_sink, t, win_lo + t - n_sink)
+            k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, valid & (t < n_sink),
+                            valid & (t >= n_sink), h0 - n_global, offs_d, mask_d, s_sr, s_sp, s_sh, s_wn, s_wh,
+                            s_r2t, True)
+            m_i, l_i, acc = _softmax_step(q, k, v, valid[None, :], m_i, l_i, acc, sm_scale)
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
-    qh = h * GROUP + offs_h
     tl.store(MidO + b * s_mob + qh[:, None] * s_moh + split * s_mos + offs_d[None, :], out,
-             mask=mask_h[:, None] & mask_d[None, :])
-    tl.store(MidLse + b * s_mlb + qh * s_mlh + split, lse, mask=mask_h)
+             mask=mask_r[:, None] & mask_d[None, :])
+    tl.store(MidLse + b * s_mlb + qh * s_mlh + split, lse, mask=mask_r)
 
 
 @triton.jit
@@ -206,18 +219,10 @@ def _extend(
             k, v = _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos,
                             valid & (part == 0), valid & (part == 1), h, offs_d, mask_d,
                             s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, MAPPED)
-            qk = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
             seen = valid[None, :] & (pos[None, :] <= qpos[:, None])
             if part == 1:
                 seen = seen & (pos[None, :] >= qpos[:, None] - W + 1)
-            qk = tl.where(seen, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(qk - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(q, k, v, seen, m_i, l_i, acc, sm_scale)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(O + (q_start + qi)[:, None] * s_ot + qh[:, None] * s_oh + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_r[:, None] & mask_d[None, :])
@@ -231,10 +236,12 @@ def _common(q: torch.Tensor, kv_heads: int) -> tuple[int, int, int]:
     return group, head_dim, triton.next_power_of_2(head_dim)
 
 
-# A layer's launch (2 global + 6 local heads, H200 sweep at batch 1, 8, 32: bench/results/layer_decode.json):
-# block_n 32 and global_programs_per_sm 8 (global heads' programs each walk a long key range);
-# programs_per_sm of local heads from the H100 sweep of local heads alone (decode_kernel.json)
-DECODE_TUNING = dict(block_n=32, num_warps=4, num_stages=4, programs_per_sm=4, global_programs_per_sm=8)
+# A layer's launch (H200 sweeps at batch 1, 8, 32: bench/results/layer_decode.json): local heads'
+# block_n 32 (positions per tile); a global tile holds global_block_cols (position, head) pairs,
+# global_programs_per_sm programs each walking a long key range of every global head; programs_per_sm
+# of local heads from the H100 sweep of local heads alone (decode_kernel.json)
+DECODE_TUNING = dict(block_n=32, num_warps=4, num_stages=4, programs_per_sm=4, global_programs_per_sm=8,
+                     global_block_cols=64)
 # Global heads read the whole context: splits follow the batch up to this cap, which bounds the
 # reduce (one program per query head reads every split's partial output)
 GLOBAL_MAX_SPLITS = 128
@@ -274,11 +281,15 @@ def segpaged_decode(
         keys:      | [0, seq) from ``global_kv``  | sink row + window slots (mapped)      |
                    | (full slots, unmapped)       |                                       |
         window/sink| FULL_WINDOW / 0              | per local head                        |
+        programs:  | (request, split): all G heads | (request, local head, split)          |
 
+    A global program reads the G heads of a full slot side by side (one contiguous read of
+    ``G * D`` elements per position and tensor) instead of one head's ``D``: with one or two global
+    heads a layer, per-head reads are too short to stream at the memory's rate.
     ``global_kv`` (``[full slots, G, D]`` each) is absent for local heads only (G = 0); ``k_win``
     may have no heads (L = 0). ``window``/``sink`` hold all G + L heads, global first
-    (:func:`full_window`). Splits: local heads by ``max_keys`` (a bound of sink + window), global
-    heads by the context (``req_to_token``'s width) up to :data:`GLOBAL_MAX_SPLITS`, both by the
+    (:func:`full_window`). Splits: local heads by ``max_keys`` (a bound of sink + window), the
+    global group by the context (``req_to_token``'s width) up to :data:`GLOBAL_MAX_SPLITS`, both by the
     batch; host ints only, so the launch can be captured in a CUDA graph."""
     k_full, v_full = global_kv if global_kv is not None else (k_win, v_win)
     n_global = k_full.shape[1] if global_kv is not None else 0
@@ -287,21 +298,24 @@ def segpaged_decode(
     batch = q.shape[0]
     tune = {**DECODE_TUNING, **(tuning or {})}
     block_n = tune["block_n"]
+    g_p = triton.next_power_of_2(max(1, n_global))
+    block_ng = max(16 // g_p, tune["global_block_cols"] // g_p)  # a global tile: >= 16 (position, head) columns
     sms = _sm_count(q.device)
     splits_l = num_splits or decode_num_splits(batch, n_local, max_keys, block_n, tune["programs_per_sm"] * sms)
     splits_g = global_splits or min(GLOBAL_MAX_SPLITS, decode_num_splits(
-        batch, n_global, req_to_token.shape[1], block_n, tune["global_programs_per_sm"] * sms))
+        batch, 1, req_to_token.shape[1], block_ng, tune["global_programs_per_sm"] * sms))
     splits = max(splits_l if n_local else 1, splits_g if n_global else 1)
     mid_o = torch.empty(batch, q.shape[1], splits, head_dim, dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(batch, q.shape[1], splits, dtype=torch.float32, device=q.device)
-    _decode_split[(batch, n_global * splits_g + n_local * splits_l)](
+    group_p = triton.next_power_of_2(group)
+    _decode_split[(batch, (splits_g if n_global else 0) + n_local * splits_l)](
         q, k_full, v_full, k_win, v_win, k_sink, v_sink, req_to_token, full_to_swa, rows, seq_lens, window, sink,
-        mid_o, mid_lse, sm_scale, n_global, splits_g, splits_l,
+        mid_o, mid_lse, sm_scale, n_global, splits_g if n_global else 0, splits_l,
         q.stride(0), q.stride(1), k_full.stride(0), k_full.stride(1), k_win.stride(0), k_win.stride(1),
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, HEAD_DIM=head_dim, num_warps=tune["num_warps"], num_stages=tune["num_stages"],
+        GROUP=group, GROUP_P=group_p, G_P=g_p, BLOCK_H=max(16, g_p * group_p), BLOCK_N=block_n,
+        BLOCK_NG=block_ng, BLOCK_D=block_d, HEAD_DIM=head_dim, num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )
     _decode_reduce[(batch, q.shape[1])](
         mid_o, mid_lse, o, n_global * group, splits_g, splits_l,

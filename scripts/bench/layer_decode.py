@@ -1,7 +1,7 @@
 """One layer's decode attention: stock FlashInfer on 8 KV heads vs the head split's, before and now.
 
 Llama-3.1-8B shape (8 KV heads, GQA 4, head_dim 128, bf16), every request 32K tokens, a layer with
-G global heads (1 or 2, as a 15% profile gives) and 8 - G local heads (window 1024, sink 64; the
+G global heads (1, 2 or 3, as a 15% profile gives) and 8 - G local heads (window 1024, sink 64; the
 pool holds their sink and last window + 128, window slots scattered). Full slots are a random
 permutation, as in a long-running pool. Per batch (1, 8, 32):
 
@@ -10,10 +10,12 @@ permutation, as in a long-running pool. Per batch (1, 8, 32):
   the G global heads (64 KV splits) and our SegPaged decode on the local heads, each written into
   its slice of the layer's output;
 * ``split, one launch``: :func:`redknot_sglang.kernels.segpaged.segpaged_decode` over all heads
-  (global heads over the full slots, local heads over sink + window) and one reduce.
+  (global heads over the full slots, all G in each program, local heads over sink + window) and
+  one reduce.
 
 Times are GPU times of the step replayed from a CUDA graph (a server's decode), median. ``--sweep``
-first times tuning candidates of the one launch (2 global heads, batch 1, 8, 32). Writes
+first times tuning candidates of the one launch's global programs (2 and 3 global heads, batch 1,
+8, 32). Writes
 bench/results/layer_decode.json. GPU only.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from redknot_sglang.kernels.segpaged import full_window, segpaged_decode
+from redknot_sglang.kernels.segpaged import DECODE_TUNING, full_window, segpaged_decode
 from redknot_sglang.testing.segpaged_case import make_bench_case
 from redknot_sglang.testing.timing import graph_ms
 
@@ -61,19 +63,20 @@ def one_launch(batch: int, n_global: int, tuning: dict | None = None) -> float:
 
 
 def sweep() -> list[dict]:
-    """One-launch tuning candidates on a layer with 2 global heads at batch 1, 8 and 32."""
+    """Tuning candidates of the global programs (tile, programs per SM, pipeline stages) on layers
+    with 2 and 3 global heads at batch 1, 8 and 32; the local heads' block_n and warps as chosen."""
     rows = []
-    for block_n in (32, 64):
-        for num_warps in (4, 8):
+    for n_global in (2, 3):
+        for cols in (32, 64, 128):
             for num_stages in (2, 4):
-                for gpps in (4, 8, 16, 32):
-                    t = dict(block_n=block_n, num_warps=num_warps, num_stages=num_stages, global_programs_per_sm=gpps)
+                for gpps in (2, 4, 8, 16):
+                    t = dict(global_block_cols=cols, num_stages=num_stages, global_programs_per_sm=gpps)
                     try:
-                        us = {f"us_b{b}": round(one_launch(b, 2, t), 1) for b in (1, 8, 32)}
+                        us = {f"us_b{b}": round(one_launch(b, n_global, t), 1) for b in (1, 8, 32)}
                     except Exception as e:  # a config the compiler rejects
                         print("skip", t, type(e).__name__, str(e)[:200])
                         continue
-                    rows.append({**t, **us})
+                    rows.append({"global_heads": n_global, **t, **us})
                     print(rows[-1], flush=True)
     return rows
 
@@ -102,18 +105,20 @@ def two_launches(batch: int, n_global: int) -> float:
     return 1e3 * graph_ms(step)
 
 
-def flashinfer_stock(batch: int) -> float:
+def flashinfer_decode(batch: int, kv_heads: int = KV_HEADS) -> float:
+    """FlashInfer's paged decode over ``kv_heads`` heads of every full slot (8: what a stock
+    server runs; G: the global heads alone, the other design of their decode)."""
     import flashinfer
 
     tokens = batch * CONTEXT
-    k = torch.randn(tokens + 1, 1, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(tokens + 1, 1, kv_heads, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
-    q = torch.randn(batch, KV_HEADS * GROUP, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+    q = torch.randn(batch, kv_heads * GROUP, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
         torch.empty(256 << 20, dtype=torch.uint8, device="cuda"), "NHD", use_tensor_cores=True)
     wrapper.plan(torch.arange(0, batch + 1, dtype=torch.int32, device="cuda") * CONTEXT,
                  torch.randperm(tokens, device="cuda").to(torch.int32) + 1,
-                 torch.ones(batch, dtype=torch.int32, device="cuda"), KV_HEADS * GROUP, KV_HEADS, HEAD_DIM, 1,
+                 torch.ones(batch, dtype=torch.int32, device="cuda"), kv_heads * GROUP, kv_heads, HEAD_DIM, 1,
                  q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
     return 1e3 * graph_ms(lambda: wrapper.run(q, (k, v)))
 
@@ -124,23 +129,25 @@ def main() -> None:
     tuning_rows = sweep() if "--sweep" in sys.argv else None
     rows = []
     for batch in (1, 8, 32):
-        stock = flashinfer_stock(batch)
-        for n_global in (1, 2):
+        stock = flashinfer_decode(batch)
+        for n_global in (1, 2, 3):
             row = {"batch": batch, "global_heads": n_global, "stock_us": round(stock, 1),
                    "split_two_launches_us": round(two_launches(batch, n_global), 1),
-                   "split_one_launch_us": round(one_launch(batch, n_global), 1)}
+                   "split_one_launch_us": round(one_launch(batch, n_global), 1),
+                   "flashinfer_global_heads_only_us": round(flashinfer_decode(batch, n_global), 1)}
             rows.append(row)
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name()
     print(f"\none layer's decode attention, {CONTEXT} tokens/request, 8 KV heads, GQA {GROUP}, "
           f"head_dim {HEAD_DIM}, local window {WINDOW} + sink {SINK} ({device}); us, CUDA-graph replay")
-    print(f"{'batch':>5} {'global':>6} {'stock (FI, 8 heads)':>20} {'split, 2 launches':>18} {'split, 1 launch':>16}")
+    print(f"{'batch':>5} {'global':>6} {'stock (FI, 8 heads)':>20} {'split, 2 launches':>18} {'split, 1 launch':>16}"
+          f" {'(FI, global heads alone)':>25}")
     for r in rows:
         print(f"{r['batch']:>5} {r['global_heads']:>6} {r['stock_us']:>20} {r['split_two_launches_us']:>18} "
-              f"{r['split_one_launch_us']:>16}")
+              f"{r['split_one_launch_us']:>16} {r['flashinfer_global_heads_only_us']:>25}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"device": device, "context": CONTEXT, "baseline": "stock_us: FlashInfer paged decode on all 8 KV heads "
-           "(tensor cores, as SGLang picks for GQA 4)", "results": rows}
+           "(tensor cores, as SGLang picks for GQA 4)", "tuning": DECODE_TUNING, "results": rows}
     if tuning_rows:
         out["sweep"] = tuning_rows
     (RESULTS / "layer_decode.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -125,12 +125,16 @@ def _layer_case(seq, n_global: int, local: dict, *, seed: int, **kw):
                      sink=[0] * n_global + local["sink"], seed=seed, device="cuda" if CUDA else "cpu", **kw)
 
 
-@pytest.mark.parametrize("n_global,local", [(2, HEADS), (2, dict(window=[], sink=[])), (1, dict(window=[9], sink=[2]))])
-def test_layer_decode_global_and_local_heads_in_one_launch(n_global, local):
-    """A layer's decode in one launch: global heads over every key of the full slots (the rest of
-    that pool NaN), local heads over sink + window, each equal to the float64 reference; a layer
-    of global heads only too."""
-    case = _layer_case([67, 5, 130], n_global, local, seed=3, group=2, head_dim=32)
+@pytest.mark.parametrize("n_global,local,group", [
+    (2, HEADS, 2), (2, dict(window=[], sink=[]), 2), (1, dict(window=[9], sink=[2]), 2),
+    (3, dict(window=[9, 40], sink=[2, 0]), 3),
+])
+def test_layer_decode_global_and_local_heads_in_one_launch(n_global, local, group):
+    """A layer's decode in one launch: global heads (all of a layer's in one program, 3 padded to
+    a tile of 4) over every key of the full slots (the rest of that pool NaN), local heads over
+    sink + window, each equal to the float64 reference; a layer of global heads only too; a GQA
+    group that is no power of two."""
+    case = _layer_case([67, 5, 130], n_global, local, seed=3, group=group, head_dim=32)
     assert _rel_err(_layer_decode(case, n_global), reference(case)) < F32_TOL
 
 
@@ -142,7 +146,7 @@ def test_layer_decode_splits_agree_and_rescale():
     case.q *= 4
     ref = reference(case)
     for splits, global_splits in ((1, 1), (1, 3), (3, 2), (2, 5)):
-        out = _layer_decode(case, 2, num_splits=splits, global_splits=global_splits, tuning={"block_n": 16})
+        out = _layer_decode(case, 2, num_splits=splits, global_splits=global_splits, tuning={"block_n": 16, "global_block_cols": 16})
         assert _rel_err(out, ref) < F32_TOL, (splits, global_splits)
 
 
