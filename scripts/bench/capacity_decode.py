@@ -157,6 +157,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                 print(f"[{side}] ctx {ctx}: batch {target} -> {res['decode_tok_s'][str(target)]} tok/s", flush=True)
             if "max_concurrent" not in res:
                 target = int(1.15 * max_total / ctx) + 2  # more than should fit
+                wave_since = len(server.log())  # the largest batch decodes before admission is seen to stall
                 while True:
                     load.send(max(target, load.sent + 1) - load.sent)
                     running, at = wait_admitted(server, 10**6, since, stall_s=args.stall_s, timeout_s=args.wave_timeout_s)
@@ -165,7 +166,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                     target = int(load.sent * 1.25) + 2  # everything fit: ask for more
                 res["max_concurrent"] = running
                 if ctx == min(args.contexts):
-                    res["decode_tok_s"][str(running)] = steady_throughput(server, at, running)
+                    res["decode_tok_s"][str(running)] = steady_throughput(server, wave_since, running)
             res["sent"] = load.sent
             print(f"[{side}] ctx {ctx}: max_concurrent {res['max_concurrent']} (sent {load.sent})", flush=True)
             load.abort_all()
