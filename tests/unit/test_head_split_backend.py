@@ -3,7 +3,9 @@ requests, checked per head against the float64 masked-attention reference. Globa
 SGLang's torch_native backend; local heads on the torch path and on the Triton kernels (interpreter
 on CPU). Window slots that slid out are freed through SGLang's allocator (``free_swa``) and slot 0
 holds NaN, so a read of a freed slot shows. On the GPU (bf16): local heads on the Triton kernels and
-the global heads' extend on FlashInfer (a plan per layer's global head count: 1 and 2 here)."""
+the global heads' extend on FlashInfer (a plan per layer's global head count: 1 and 2 here). A
+recompute set (queries at scattered positions) takes the by-position path: the torch path on CPU,
+the position-causal Triton kernels for both head classes (interpreter on CPU, and on the GPU)."""
 
 from __future__ import annotations
 
@@ -81,42 +83,70 @@ def _reference(layout, layer, q, k_all, v_all, q_pos):
     return out
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton", pytest.param("gpu-flashinfer", marks=pytest.mark.gpu)])
-def test_extend_then_decode_matches_reference(impl):
-    torch.manual_seed(0)
+def _extend_batch(on, rows: list[int], seq_lens: list[int], positions: list[list[int]], out_cache_loc) -> ForwardBatch:
+    """An extend of request ``rows[b]`` (``seq_lens[b]`` tokens) with queries at ``positions[b]``:
+    its last positions, or a recompute set scattered among KV already stored."""
+    q_lens = [len(p) for p in positions]
+    prefix = [s - q for s, q in zip(seq_lens, q_lens)]
+    return ForwardBatch(
+        forward_mode=ForwardMode.EXTEND, batch_size=len(rows), input_ids=on(torch.zeros(sum(q_lens), dtype=torch.long)),
+        req_pool_indices=on(torch.tensor(rows)), seq_lens=on(torch.tensor(seq_lens)), out_cache_loc=out_cache_loc,
+        seq_lens_sum=sum(seq_lens), positions=on(torch.tensor([p for ps in positions for p in ps])),
+        extend_seq_lens=on(torch.tensor(q_lens)), extend_prefix_lens=on(torch.tensor(prefix)),
+        extend_start_loc=on(torch.tensor([sum(q_lens[:b]) for b in range(len(rows))])),
+        extend_seq_lens_cpu=q_lens, extend_prefix_lens_cpu=prefix, seq_lens_cpu=torch.tensor(seq_lens),
+    )
+
+
+def _impl_case(impl: str):
+    """The backend and its pools, a tolerance, and helpers: random values the pool's dtype holds
+    exactly (kept in float32 for the reference) and a move to the case's device."""
     _, dev, dtype, _ = IMPLS[impl]
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    layout, pool, alloc, req_pool, backend, layers = _setup(impl)
 
-    def rnd(*shape):  # values the pool's dtype holds exactly, kept in float32 for the reference
+    def rnd(*shape):
         return torch.randn(*shape).to(dtype).float()
 
     def on(x, cast=False):
         return x.to(dev, dtype) if cast else x.to(dev)
-    lens = [20, 9]
-    rows = [1, 2]
-    slots = alloc.alloc(sum(lens))
-    req_pool.req_to_token[1, :20] = slots[:20].int()
-    req_pool.req_to_token[2, :9] = slots[20:].int()
-    k_true = {r: [rnd(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
-    v_true = {r: [rnd(n, HKV, D) for _ in layers] for r, n in zip(rows, lens)}
-    fb = ForwardBatch(
-        forward_mode=ForwardMode.EXTEND, batch_size=2, input_ids=on(torch.zeros(29, dtype=torch.long)),
-        req_pool_indices=on(torch.tensor(rows)), seq_lens=on(torch.tensor(lens)), out_cache_loc=slots, seq_lens_sum=29,
-        positions=on(torch.cat([torch.arange(20), torch.arange(9)])), extend_seq_lens=on(torch.tensor(lens)),
-        extend_prefix_lens=on(torch.tensor([0, 0])), extend_start_loc=on(torch.tensor([0, 20])),
-        extend_seq_lens_cpu=lens, extend_prefix_lens_cpu=[0, 0], seq_lens_cpu=torch.tensor(lens),
-    )
+    return (*_setup(impl), tol, rnd, on)
+
+
+def _prefill(backend, layers, layout, alloc, req_pool, rnd, on, lens: dict[int, int], tol):
+    """Requests (row -> length) prefilled in one extend, each layer's output checked against the
+    reference; returns their true K/V per row and layer."""
+    rows = list(lens)
+    slots = alloc.alloc(sum(lens.values()))
+    start = 0
+    for r in rows:
+        req_pool.req_to_token[r, : lens[r]] = slots[start : start + lens[r]].int()
+        start += lens[r]
+    k_true = {r: [rnd(lens[r], HKV, D) for _ in layers] for r in rows}
+    v_true = {r: [rnd(lens[r], HKV, D) for _ in layers] for r in rows}
+    fb = _extend_batch(on, rows, [lens[r] for r in rows], [list(range(lens[r])) for r in rows], slots)
     backend.init_forward_metadata(fb)
     for i, layer in enumerate(layers):
-        q = rnd(29, HKV * GROUP, D)
-        k = on(torch.cat([k_true[1][i], k_true[2][i]]), cast=True)
-        v = on(torch.cat([v_true[1][i], v_true[2][i]]), cast=True)
-        o = backend.forward_extend(on(q, cast=True).view(29, -1), k, v, layer, fb).view(29, -1, D).cpu()
-        ref = torch.cat([_reference(layout, i, q[:20], k_true[1][i], v_true[1][i], range(20)),
-                         _reference(layout, i, q[20:], k_true[2][i], v_true[2][i], range(9))])
+        q = rnd(start, HKV * GROUP, D)
+        k = on(torch.cat([k_true[r][i] for r in rows]), cast=True)
+        v = on(torch.cat([v_true[r][i] for r in rows]), cast=True)
+        o = backend.forward_extend(on(q, cast=True).view(start, -1), k, v, layer, fb).view(start, -1, D).cpu()
+        ref, at = [], 0
+        for r in rows:
+            ref.append(_reference(layout, i, q[at : at + lens[r]], k_true[r][i], v_true[r][i], range(lens[r])))
+            at += lens[r]
         assert not torch.isnan(o).any()
-        torch.testing.assert_close(o.double(), ref, **tol)
+        torch.testing.assert_close(o.double(), torch.cat(ref), **tol)
+    return k_true, v_true
+
+
+IMPL_PARAMS = ["torch", "triton", pytest.param("gpu-flashinfer", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
+def test_extend_then_decode_matches_reference(impl):
+    torch.manual_seed(0)
+    layout, pool, alloc, req_pool, backend, layers, tol, rnd, on = _impl_case(impl)
+    k_true, v_true = _prefill(backend, layers, layout, alloc, req_pool, rnd, on, {1: 20, 2: 9}, tol)
     # the sink rows hold each request's first tokens' local-head K
     for i in range(2):
         g = layout.layers[i].num_global
@@ -144,3 +174,28 @@ def test_extend_then_decode_matches_reference(impl):
             ref = _reference(layout, i, q, k_true[1][i], v_true[1][i], [pos])
             assert not torch.isnan(o).any()
             torch.testing.assert_close(o.double(), ref, **tol)
+
+
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
+def test_recompute_set_attends_by_position(impl):
+    """An extend holding a recompute set (the backend's by-position path): queries at scattered
+    positions of a request whose K/V is all stored, their fresh K/V overwriting the stored entries
+    (a sink position among them), each query attending causally by position to stored and
+    recomputed keys: equal to the float64 reference over the updated K/V, both head classes, the
+    sink row updated."""
+    torch.manual_seed(1)
+    layout, pool, alloc, req_pool, backend, layers, tol, rnd, on = _impl_case(impl)
+    k_true, v_true = _prefill(backend, layers, layout, alloc, req_pool, rnd, on, {1: 20}, tol)
+    positions = [1, 5, 6, 11, 19]
+    fb = _extend_batch(on, [1], [20], [positions], req_pool.req_to_token[1, positions].long())
+    backend.init_forward_metadata(fb)
+    backend._scattered = True  # what DocumentReuse.begin_forward sets for a forward with a recompute set
+    for i, layer in enumerate(layers):
+        k_new, v_new, q = rnd(5, HKV, D), rnd(5, HKV, D), rnd(5, HKV * GROUP, D)
+        k_true[1][i][positions], v_true[1][i][positions] = k_new, v_new
+        o = backend.forward_extend(on(q, cast=True).view(5, -1), on(k_new, cast=True), on(v_new, cast=True),
+                                   layer, fb).view(5, -1, D).cpu()
+        assert not torch.isnan(o).any()
+        torch.testing.assert_close(o.double(), _reference(layout, i, q, k_true[1][i], v_true[1][i], positions), **tol)
+        g = layout.layers[i].num_global
+        torch.testing.assert_close(pool.k_sink[i][1, :SINK].float().cpu(), k_true[1][i][:SINK, g:])
