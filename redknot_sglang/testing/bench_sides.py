@@ -65,6 +65,13 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+def sides_result(sides: dict, model: Path, request: str, rows: list[dict], **extra) -> dict:
+    """A two-sided benchmark's JSON: device, model, what a request is, the rows, each side's flags
+    and everything each side measured."""
+    return {"device": sides["stock"]["device"], "model": f"{model.name} (dummy weights)", "request": request,
+            **extra, "flags": {s: v["flags"] for s, v in sides.items()}, "results": rows, "sides": sides}
+
+
 class SidesFile:
     """``{side: what that side measured}`` on disk."""
 

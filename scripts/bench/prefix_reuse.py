@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_name, side_flags
+from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_name, side_flags, sides_result
 from redknot_sglang.testing.rag import stream
 from redknot_sglang.testing.server import Server
 
@@ -103,10 +103,8 @@ def write(sides: dict, results: Path, model: Path) -> None:
             row[f"{key}_turn_ttft_s"] = r and round(r["turn_ttft_s"], 4)
             row[f"{key}_first_ttft_s"] = r and round(r["first_ttft_s"], 4)
         rows.append(row)
-    out = {"device": sides["stock"]["device"], "model": f"{model.name} (dummy weights)",
-           "request": "prompt sent once (4 new tokens), again (1 new token: the row's TTFT and cached tokens, the "
-                      f"fewest over the prompts), then extended by its answer and a {TURN}-token turn",
-           "flags": {s: v["flags"] for s, v in sides.items()}, "results": rows, "sides": sides}
+    out = sides_result(sides, model, "prompt sent once (4 new tokens), again (1 new token: the row's TTFT and cached "
+                       f"tokens, the fewest over the prompts), then extended by its answer and a {TURN}-token turn", rows)
     (results / "prefix_reuse.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"\n{'prompt':>7} | {'cached: stock':>13} {'redknot':>8} {'no ckpt':>8} | {'TTFT s: stock':>13} {'redknot':>8} "
           f"{'no ckpt':>8} | {'turn cached: stock':>18} {'redknot':>8} {'no ckpt':>8}  ({out['device']})")
