@@ -36,8 +36,8 @@ import triton.language as tl
 def _load_kv(K_sink, V_sink, K_win, V_win, Req2Tok, Map, row, pos, in_sink, in_win, h, offs_d, mask_d,
              s_sr, s_sp, s_sh, s_wn, s_wh, s_r2t, mapped):
     """K and V ``[BLOCK_N, D]`` of positions ``pos`` of one request and KV head: sink row where
-    ``in_sink``, window slots where ``in_win`` (full slots themselves unless ``mapped``: a constexpr
-    or a per-program flag), zeros elsewhere."""
+    ``in_sink``, window slots where ``in_win`` (full slots themselves unless ``mapped``), zeros
+    elsewhere."""
     full = tl.load(Req2Tok + row * s_r2t + pos, mask=in_win, other=0).to(tl.int64)
     slot = tl.where(mapped, tl.load(Map + full, mask=in_win & mapped, other=0), full)
     sink_off = row * s_sr + pos[:, None] * s_sp + h * s_sh + offs_d[None, :]
