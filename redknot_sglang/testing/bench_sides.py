@@ -16,15 +16,16 @@ SIDES = ("stock", "redknot")
 GLOBAL = 0.15  # the benchmarks' profile: 15% global heads
 
 
-def bench_profile(model: Path, window: int, sink: int, directory: Path) -> Path:
-    """The benchmarks' seeded synthetic profile for ``model``, written once into ``directory``."""
+def bench_profile(model: Path, window: int, sink: int, directory: Path, global_ratio: float = GLOBAL) -> Path:
+    """The benchmarks' seeded synthetic profile for ``model`` (``global_ratio`` of its heads
+    global), written once into ``directory``."""
     from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
     from redknot_sglang.heads.synthetic import synthetic_profile
 
-    path = directory / f"{model.name}_15pct_w{window}_s{sink}.heads.json"
+    path = directory / f"{model.name}_{round(100 * global_ratio)}pct_w{window}_s{sink}.heads.json"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=GLOBAL, window=window, sink=sink,
+        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=global_ratio, window=window, sink=sink,
                           seed=0).save(path)
     return path
 

@@ -23,23 +23,14 @@ import statistics
 import time
 from pathlib import Path
 
-from redknot_sglang.testing.bench_sides import SidesFile, bench_setup, device_name, side_flags, sides_result
+from redknot_sglang.testing.bench_sides import (
+    SidesFile, bench_profile, bench_setup, device_name, side_flags, sides_result,
+)
 from redknot_sglang.testing.rag import stream
 from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 SIDES = ("stock", "redknot")
-
-
-def all_global_profile(model: Path, directory: Path) -> Path:
-    """The model's profile with every head global, written once into ``directory``."""
-    from redknot_sglang.heads.fingerprint import fingerprint_of_model_path
-    from redknot_sglang.heads.synthetic import synthetic_profile
-
-    path = directory / f"{model.name}_all_global.heads.json"
-    if not path.exists():
-        synthetic_profile(fingerprint_of_model_path(str(model)), global_ratio=1.0, window=0, sink=0).save(path)
-    return path
 
 
 def measure(url: str, length: int, n: int, vocab: int, decode_tokens: int) -> dict:
@@ -103,7 +94,7 @@ def main() -> None:
     if args.cpu_smoke:
         args.lengths, args.prompts, args.decode_tokens = [400, 700], 2, 16
     model, results, _ = bench_setup(args.cpu_smoke, RESULTS)
-    profile = all_global_profile(model, results)
+    profile = bench_profile(model, 0, 0, results, global_ratio=1.0)  # every head global
     partial = SidesFile(args.partial or results / "_partial_all_global.json")
     for side in args.side:
         run_side(side, args, model, profile, partial)

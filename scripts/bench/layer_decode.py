@@ -15,8 +15,7 @@ permutation, as in a long-running pool. Per batch (1, 8, 32):
 
 Times are GPU times of the step replayed from a CUDA graph (a server's decode), median. ``--sweep``
 first times tuning candidates of the one launch's global programs (2 and 3 global heads, batch 1,
-8, 32). Writes
-bench/results/layer_decode.json. GPU only.
+8, 32). Writes bench/results/layer_decode.json. GPU only.
 """
 
 from __future__ import annotations
