@@ -20,10 +20,16 @@ SGLang bumps the generation each time it hands the row to a request.
 Document reuse (:class:`~redknot_sglang.integration.document_reuse.DocumentReuse`, when the store is on): a
 request holding placed KV is approximate, so its tokens are never inserted; it keeps its own slots
 past the exact prefix and frees them when it ends.
+
+SGLang checks a hybrid tree's invariants (a walk over every node) at each turn of its idle loop, which
+spins while no request runs, so a request that arrives waits for the check in progress, a wait that
+grows with the tree (stock's tree is not checked). Here the check runs at most once per
+``SANITY_CHECK_INTERVAL_S``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
@@ -38,6 +44,9 @@ from redknot_sglang.patches.compat import matched_len, req_row, slide_window
 if TYPE_CHECKING:  # SGLang's types, for annotations only
     from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
     from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+
+
+SANITY_CHECK_INTERVAL_S = 1.0
 
 
 def first_tokens(req: Req, n: int) -> Sequence[int]:
@@ -55,11 +64,20 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         self.sinks = sinks
         self.document_reuse = document_reuse
         self._row_filled: dict[int, int] = {}
+        self._last_sanity_check = float("-inf")
 
     def reset(self) -> None:
         super().reset()
         if getattr(self, "document_reuse", None) is not None:  # SGLang's __init__ resets too
             self.document_reuse.clear()
+
+    def sanity_check(self) -> None:
+        """SGLang's idle-loop invariant check of the tree, at most once per ``SANITY_CHECK_INTERVAL_S``."""
+        now = time.monotonic()
+        if now - self._last_sanity_check < SANITY_CHECK_INTERVAL_S:
+            return
+        self._last_sanity_check = now
+        super().sanity_check()
 
     # ------------------------------------------------------------------ match
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:

@@ -11,8 +11,8 @@ window 1024, sink 64); decode CUDA graphs up to batch 4 on both. One side per de
 once stock and redknot are in, writes bench/results/prefix_reuse.json and prints the table.
 ``--cpu-smoke`` checks the procedure with SmolLM2 on this CPU at tiny sizes (to /tmp). ``--trace DIR``
 sends each length's first prompt a third time under SGLang's torch profiler (``/start_profile``,
-CPU and GPU activities, Python stacks) and leaves the scheduler's trace in ``DIR/SIDE-LENGTH``
-(``scripts/device/trace_summary.py`` summarizes it).
+CPU and GPU activities; Python stacks with ``--trace-stacks``, which inflate host times) and leaves
+the scheduler's trace in ``DIR/SIDE-LENGTH`` (``scripts/device/trace_summary.py`` summarizes it).
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def send(url: str, ids: list[int], max_new: int) -> tuple[float, int, list[int]]
     return first, int(last["meta_info"].get("cached_tokens", 0)), last["output_ids"]
 
 
-def traced(url: str, ids: list[int], out: Path) -> None:
-    """One more sending of ``ids`` (1 new token) under SGLang's profiler (with Python stacks: where
-host time goes, ``scripts/device/trace_summary.py``); the trace lands in ``out``."""
+def traced(url: str, ids: list[int], out: Path, stacks: bool) -> None:
+    """One more sending of ``ids`` (1 new token) under SGLang's profiler (``stacks``: with Python
+stacks, where host time goes; without, the scheduler's steps at closer to their real length:
+``scripts/device/trace_summary.py``); the trace lands in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     requests.post(f"{url}/start_profile", json={"output_dir": str(out), "activities": ["CPU", "GPU"],
-                                                "record_shapes": True, "with_stack": True},
+                                                "record_shapes": stacks, "with_stack": stacks},
                   timeout=60).raise_for_status()
     send(url, ids, 1)
     requests.post(f"{url}/stop_profile", timeout=600).raise_for_status()
@@ -77,7 +78,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
             first = [send(server.url, p, 4) for p in ps]
             again = [send(server.url, p, 1) for p in ps]
             if args.trace:
-                traced(server.url, ps[0], args.trace / f"{side}-{length}")
+                traced(server.url, ps[0], args.trace / f"{side}-{length}", args.trace_stacks)
             turn = [send(server.url, p + o + [150 + i for i in range(TURN)], 1) for p, (_, _, o) in zip(ps, first)]
             row = {"prompts": n, "prompt_len": length - 300,
                    "first_ttft_s": statistics.median(t for t, _, _ in first),
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--partial", type=Path, help="the sides file (default: _partial_prefix_reuse.json next to the results)")
     ap.add_argument("--trace", type=Path, help="a profiler trace of one more second sending per side and length here")
+    ap.add_argument("--trace-stacks", action="store_true", help="the traces with Python stacks")
     ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
     args = ap.parse_args()
     if args.cpu_smoke:
