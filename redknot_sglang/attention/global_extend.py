@@ -74,7 +74,9 @@ class FlashInferGlobalExtend:
         total = int(kv[-1])
         kv_dev = kv.to(self.device, non_blocking=True)
         indices = paged_kv_indices(req_to_token, rows, seq_lens, kv_dev, total)
-        last_page_len = torch.ones(len(seq_lens_cpu), dtype=torch.int32, device=self.device)
+        # on the host, as both indptrs: FlashInfer's plan reads them there (from a device tensor,
+        # with a stream synchronisation per plan)
+        last_page_len = torch.ones(len(seq_lens_cpu), dtype=torch.int32)
         self._page = (qo, kv, indices, last_page_len)
         self._planned.clear()
 

@@ -9,6 +9,7 @@ Per layer, after the load-time permutation, query heads ``[0, G*grp)`` read glob
               | CPU: SGLang's base backend      | CPU: the torch path                    |
     extend:   | FlashInfer if given, else the   | SegPaged (Triton on CUDA, torch on     |
               | base backend                    | CPU)                                   |
+              | CUDA, one new token per request: decode's launch for both groups          |
 
 The base backend is SGLang's own class, built over the head-split pool (whose ``get_key_buffer``
 returns the global heads' buffers) and called with a copy of the layer whose head counts are the
@@ -110,6 +111,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         self._scattered = False  # this extend holds a recompute set at scattered positions
         self.global_extend = global_extend
         self._on_global_extend = False  # this extend's global heads run on ``global_extend``
+        self._extend_as_decode = False  # this extend has one new token per request: decode's launch
 
     # ------------------------------------------------------------------ metadata
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -124,16 +126,21 @@ class HeadSplitAttnBackend(AttentionBackend):
                                       self.req_to_token_pool.req_to_token)
         self._scattered = reuse is not None and reuse.scattered
         extend = forward_batch.forward_mode.is_extend()
-        self._on_global_extend = extend and not self._scattered and self.global_extend is not None
+        # one new token per request (a prompt sent again, whose prefix is cached): the decode launch
+        self._extend_as_decode = (extend and not self._scattered and not self._base_decodes
+                                  and max(forward_batch.extend_seq_lens_cpu) == 1)
+        self._on_global_extend = (extend and not self._scattered and not self._extend_as_decode
+                                  and self.global_extend is not None)
         if self._on_global_extend:
             self.global_extend.begin(self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices,
                                      forward_batch.seq_lens, forward_batch.seq_lens_cpu.tolist(),
                                      forward_batch.extend_seq_lens_cpu)
-        elif extend or self._base_decodes:
+        elif (extend and not self._extend_as_decode) or self._base_decodes:
             self.base.init_forward_metadata(forward_batch)
         if extend:
             self._extend_rows = torch.repeat_interleave(
-                forward_batch.req_pool_indices, forward_batch.extend_seq_lens
+                forward_batch.req_pool_indices, forward_batch.extend_seq_lens,
+                output_size=sum(forward_batch.extend_seq_lens_cpu),  # no read back from the device
             )
 
     @property
@@ -209,7 +216,7 @@ class HeadSplitAttnBackend(AttentionBackend):
         if not decode and self._scattered:
             self._by_position(q3, o, layer, forward_batch)
             return o.view(q.shape[0], -1)
-        if decode and not self._base_decodes:
+        if (decode or self._extend_as_decode) and not self._base_decodes:
             self._decode(q3, o, layer, forward_batch)
             return o.view(q.shape[0], -1)
         # `not decode`: a CUDA-graph decode does not run init_forward_metadata, so the flag may still

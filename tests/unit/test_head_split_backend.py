@@ -177,6 +177,37 @@ def test_extend_then_decode_matches_reference(impl):
 
 
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
+def test_one_token_extends_over_cached_prefixes_match_reference(impl, monkeypatch):
+    """Two prompts sent again (each one new token after its cached prefix) in one extend: on CUDA
+    (and Triton on CPU) the decode launch serves it."""
+    from redknot_sglang.kernels import segpaged
+
+    launches = []
+    decode = segpaged.segpaged_decode
+    monkeypatch.setattr(segpaged, "segpaged_decode", lambda *a, **kw: launches.append(1) or decode(*a, **kw))
+    torch.manual_seed(0)
+    layout, pool, alloc, req_pool, backend, layers, tol, rnd, on = _impl_case(impl)
+    lens = {1: 20, 2: 9}
+    k_true, v_true = _prefill(backend, layers, layout, alloc, req_pool, rnd, on, lens, tol)
+    rows = list(lens)
+    slots = alloc.alloc(len(rows))
+    for r, slot in zip(rows, slots):
+        req_pool.req_to_token[r, lens[r]] = slot.int()
+    fb = _extend_batch(on, rows, [lens[r] + 1 for r in rows], [[lens[r]] for r in rows], slots)
+    backend.init_forward_metadata(fb)
+    for i, layer in enumerate(layers):
+        k_new, v_new, q = rnd(len(rows), HKV, D), rnd(len(rows), HKV, D), rnd(len(rows), HKV * GROUP, D)
+        o = backend.forward_extend(on(q, cast=True).view(len(rows), -1), on(k_new, cast=True), on(v_new, cast=True),
+                                   layer, fb).view(len(rows), -1, D).cpu()
+        for b, r in enumerate(rows):
+            k_all, v_all = torch.cat([k_true[r][i], k_new[b : b + 1]]), torch.cat([v_true[r][i], v_new[b : b + 1]])
+            ref = _reference(layout, i, q[b : b + 1], k_all, v_all, [lens[r]])
+            assert not torch.isnan(o[b]).any()
+            torch.testing.assert_close(o[b : b + 1].double(), ref, **tol)
+    assert len(launches) == (0 if impl == "torch" else len(layers))
+
+
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_recompute_set_attends_by_position(impl):
     """An extend holding a recompute set (the backend's by-position path): queries at scattered
     positions of a request whose K/V is all stored, their fresh K/V overwriting the stored entries
