@@ -4,10 +4,10 @@ SGLang's ``/start_profile`` writes, e.g. ``prefix_reuse.py --trace DIR``), print
     python scripts/device/trace_summary.py TRACE.json[.gz] [--top N]
 
 Prints: the traced span and the GPU's busy time in it; the scheduler's steps (SGLang's
-``scheduler.*`` annotations) in order, with the GPU's busy time inside each; kernels by total time; CUDA runtime calls
-by total time; every call that waits for the GPU (synchronize, device-to-host copies) over 50 us
-with the Python frames around it; Python functions by self time (traces taken with stacks); the
-GPU's idle gaps over 1 ms with the innermost Python frame running on the CPU at their start.
+``scheduler.*`` annotations) in order, with the GPU's busy time inside each; kernels by total time;
+CUDA runtime calls by total time; every call that waits for the GPU (synchronize, device-to-host
+copies) over 50 us with the Python frames around it; Python functions by self time (traces taken
+with stacks); the GPU's idle gaps over 1 ms with the innermost Python frame running on the CPU at their start.
 """
 
 from __future__ import annotations
@@ -81,13 +81,12 @@ def main() -> None:
           f"{len(kernels)} GPU ops, {len(runtime)} runtime calls, {len(py)} Python frames")
 
     print("\nscheduler steps over 0.15 ms (start, length, GPU busy inside)")
-    for e in sorted((e for e in ev if e.get("cat") == "user_annotation" and e["name"].startswith("scheduler.")),
-                    key=lambda e: e["ts"]):
+    steps = (e for e in ev if e.get("cat") == "user_annotation" and e["name"].startswith("scheduler.") and e["dur"] > 150)
+    for e in sorted(steps, key=lambda e: e["ts"]):
         a, b = e["ts"], e["ts"] + e["dur"]
         inside = busy([(max(a, k["ts"]), min(b, k["ts"] + k["dur"])) for k in kernels
                        if k["ts"] < b and k["ts"] + k["dur"] > a])
-        if e["dur"] > 150:
-            print(f"  +{(a - t0) / 1e3:8.2f} ms {e['dur'] / 1e3:7.2f} ms  GPU {inside / 1e3:6.2f} ms  {e['name']}")
+        print(f"  +{(a - t0) / 1e3:8.2f} ms {e['dur'] / 1e3:7.2f} ms  GPU {inside / 1e3:6.2f} ms  {e['name']}")
 
     def table(title: str, rows: dict[str, list[float]], unit: float = 1e3) -> None:
         print(f"\n{title}")
