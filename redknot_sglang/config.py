@@ -76,8 +76,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=_default("window_pool_ratio"),
         help="Window-pool slots per full-pool slot (local heads' KV vs global heads'); default "
-        "(2 x window + 128 + page) / context length, which fits requests of the context length at "
-        "their peak (two windows while a long decode passes its first window).",
+        "(window + 128 + page) / context length, which fits requests of the context length at "
+        "their peak (one window plus SGLang's eviction interval; two windows on SGLang 0.5.23, "
+        "where a long decode holds the prompt's last window until it passes its first).",
     )
     group.add_argument(
         "--redknot-sink-cache-blocks",

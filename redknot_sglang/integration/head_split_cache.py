@@ -21,6 +21,25 @@ Document reuse (:class:`~redknot_sglang.integration.document_reuse.DocumentReuse
 request holding placed KV is approximate, so its tokens are never inserted; it keeps its own slots
 past the exact prefix and frees them when it ends.
 
+Private prompt windows (SGLang 0.5.17, where a prompt enters the tree through
+``cache_unfinished_req``): SGLang locks the tree's copy of a prompt's last window for the request
+that decodes after it, until it has decoded a whole window, so a long decode holds two windows
+(the locked prompt tail and its own decode window) plus the eviction interval. When a request that
+will decode past the interval finishes its prefill, :meth:`_own_prompt_window` gives it fresh
+slots holding a copy of the prompt's last window and moves its lock to the path before it, full
+component only::
+
+    positions        [0 .. T0)                  [T0 .. P)  (T0 = P - window, page-aligned)
+    tree             full slots, locked by      the prompt's own full + window slots:
+                     the request (full only)    matchable, unlocked (evictable)
+    request's row    the tree's slots           fresh copies, the request's own:
+                                                window slots freed as they slide out,
+                                                full slots freed as duplicates at insert
+
+so a request holds one window plus the interval (admission charges that,
+:mod:`~redknot_sglang.integration.hooks.swa_admission`; the pool is sized for it,
+:mod:`redknot_sglang.mem.sizing`). Without free slots for the copy the request keeps SGLang's lock.
+
 SGLang checks a hybrid tree's invariants (a walk over every node) at each turn of its idle loop, which
 spins while no request runs, so a request that arrives waits for the check in progress, a wait that
 grows with the tree (stock's tree is not checked). Here the check runs at most once per
@@ -33,7 +52,10 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
-from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult, zero_match_result
+from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams, MatchResult, zero_match_result
+from sglang.srt.mem_cache.common import evict_from_tree_cache
+from sglang.srt.mem_cache.radix_cache import RadixKey
+from sglang.srt.mem_cache.unified_cache.components import ComponentType
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from redknot_sglang.integration.document_reuse import DocumentReuse
@@ -65,6 +87,8 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         self.document_reuse = document_reuse
         self._row_filled: dict[int, int] = {}
         self._last_sanity_check = float("-inf")
+        self.window_owners: set[str] = set()  # rids holding a private copy of their prompt's last window
+        self.private_windows = self.private_window_misses = 0  # copies made / refused for want of slots
 
     def reset(self) -> None:
         super().reset()
@@ -149,6 +173,45 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         if not self.disable:
             self._publish_sink(req, len(req.get_fill_ids()))
         super().cache_unfinished_req(req, chunked=chunked, **kwargs)
+        if not chunked and not self.disable:
+            self._own_prompt_window(req)
+
+    def owns_window(self, req: Req) -> bool:
+        return req.rid in self.window_owners
+
+    def _own_prompt_window(self, req: Req) -> None:
+        """After the prompt's last chunk entered the tree: copy its last window into fresh slots
+        for the request and lock only the full path before it (module docstring)."""
+        from redknot_sglang.integration.hooks.swa_admission import eviction_interval
+
+        tail = -(-self.sliding_window_size // self.page_size) * self.page_size
+        end = req.cache_protected_len
+        start = end - tail
+        remaining = req.sampling_params.max_new_tokens - len(req.output_ids)
+        if start <= 0 or remaining <= eviction_interval() or req.swa_prefix_lock_released:
+            return
+        evict_from_tree_cache(self, tail)  # the prompt's tail is still locked by the request
+        copies = self.token_to_kv_pool_allocator.alloc(tail)
+        if copies is None:
+            self.private_window_misses += 1
+            return
+        row = req_row(req)
+        req_to_token = self.req_to_token_pool.req_to_token
+        self.pool.copy_slots(req_to_token[row, start:end], copies)
+        # stream order: a forward that reads the new row entries finds the copies complete
+        self.req_to_token_pool.write((row, slice(start, end)), copies.to(req_to_token.dtype))
+        key = RadixKey(req.get_fill_ids()[:start], req.extra_key, is_bigram=self.tree_core.is_eagle)
+        anchor = self.insert(InsertParams(key=key, value=req_to_token[row, :start].to(torch.int64),
+                                          prev_prefix_len=start)).last_device_node  # splits the path at start
+        lock = self.inc_lock_ref(anchor, skip_lock_components=(ComponentType.SWA,))
+        self._dec_req_lock(req)
+        req.last_node, req.swa_uuid_for_lock = anchor, None
+        req.skip_lock_node_ids = lock.skip_lock_node_ids
+        req.swa_prefix_lock_released = True  # the release at the end skips the SWA component
+        req.cache_protected_len = start
+        req.prefix_indices = req_to_token[row, : len(req.prefix_indices)].to(torch.int64, copy=True)
+        self.window_owners.add(req.rid)
+        self.private_windows += 1
 
     def cache_finished_req(self, req: Req, is_insert: bool = True, *, kv_len_to_handle: int, **kwargs: Any) -> None:
         if self.document_reuse is not None:
@@ -156,6 +219,7 @@ class HeadSplitRadixCache(UnifiedRadixCache):
             self.document_reuse.release(req)
         if is_insert and not self.disable:
             self._publish_sink(req, kv_len_to_handle)
+        self.window_owners.discard(req.rid)
         super().cache_finished_req(req, is_insert=is_insert, kv_len_to_handle=kv_len_to_handle, **kwargs)
 
     def checkpoint(self, req: Req, *, up_to: int, **kwargs: Any) -> None:

@@ -152,6 +152,16 @@ class HeadSplitKVPool(BaseSWAKVPool):
             self.swa_kv_pool.k[lid][swa_loc] = cache_k[:, g:].to(self.dtype)
             self.swa_kv_pool.v[lid][swa_loc] = cache_v[:, g:].to(self.dtype)
 
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy every head's K/V of tokens: global heads from full slots ``src`` to ``dst``, local
+        heads from their window slots to ``dst``'s window slots (every slot must hold one)."""
+        pairs = ((self.full_kv_pool, src, dst),
+                 (self.swa_kv_pool, self.translate_loc_from_full_to_swa(src), self.translate_loc_from_full_to_swa(dst)))
+        for bufs, s, d in pairs:
+            for t in (*bufs.k, *bufs.v):
+                if t.shape[1]:
+                    t.index_copy_(0, d.long(), t.index_select(0, s.long()))
+
     def store_sink(self, layer_id: int, rows: torch.Tensor, pos: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor) -> None:
         """Write local heads' K/V of tokens at positions ``< sink`` into their sink rows.
         ``rows``/``pos`` come from :func:`sink_targets` (row 0 for every other token)."""

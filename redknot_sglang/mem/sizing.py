@@ -28,10 +28,16 @@ def per_token_bytes(profile: HeadProfile, tp_size: int, head_dim: int, kv_size: 
     return full, window
 
 
-def auto_window_ratio(window: int, page_size: int, context_len: int, eviction_interval: int) -> float:
-    """Window slots per full slot that fit requests of ``context_len`` tokens at their peak. A
-    request that decodes past its window peaks at two windows plus SGLang's eviction interval: the
-    tree keeps its lock on the prompt's last window until the request has decoded a whole window
-    (then releases it, see :mod:`redknot_sglang.integration.hooks.server_args`), while the decode window fills and grows by up to an
-    interval between two frees of out-of-window slots (SGLang's ``SGLANG_SWA_EVICTION_INTERVAL``)."""
-    return min(1.0, (2 * window + eviction_interval + page_size) / context_len)
+def auto_window_ratio(window: int, page_size: int, context_len: int, eviction_interval: int,
+                      private_windows: bool) -> float:
+    """Window slots per full slot that fit requests of ``context_len`` tokens at their peak.
+
+    A request that owns a private copy of its prompt's last window (``private_windows``, see
+    :class:`~redknot_sglang.integration.head_split_cache.HeadSplitRadixCache`) holds one window plus
+    up to SGLang's eviction interval (``SGLANG_SWA_EVICTION_INTERVAL``) of decoded tokens between
+    two frees of out-of-window slots. Without it a request that decodes past its window peaks at
+    two windows plus the interval: the tree keeps its lock on the prompt's last window until the
+    request has decoded a whole window (then releases it, see
+    :mod:`redknot_sglang.integration.hooks.server_args`), while the decode window fills."""
+    windows = 1 if private_windows else 2
+    return min(1.0, (windows * window + eviction_interval + page_size) / context_len)

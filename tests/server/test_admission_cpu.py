@@ -1,16 +1,21 @@
 """Window slots of decoding requests (CPU server): a window pool of 6 x (window + SGLang's eviction
-interval) slots, twelve requests that decode across several windows (so each peaks at two windows
-plus the interval, hooks/swa_admission.py). Admission must leave room for that growth: no request
-may be retracted for lack of window slots, and all must finish with every slot free. Without the
-admission hooks decode retracts (measured: 7 running, then retractions)."""
+interval + 1) slots, twelve requests that decode across several windows. On SGLang 0.5.17 each owns a
+private copy of its prompt's last window (head_split_cache.py) and peaks at one window plus the
+interval, so the pool runs its 6 requests at once, minus the one whose prompt is being admitted
+(measured: 5; without the private windows a request peaks at two windows: 4); on 0.5.23 at two.
+Admission must leave room for that growth (hooks/swa_admission.py): no request may be retracted for
+lack of window slots, and all must finish with every slot free. Without the admission hooks decode
+retracts (measured: 7 running, then retractions)."""
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 
 from redknot_sglang.heads.synthetic import synthetic_profile
-from redknot_sglang.integration.hooks.swa_admission import window_growth
+from redknot_sglang.integration.hooks.swa_admission import owned_window_growth, window_growth
+from redknot_sglang.patches import compat
 from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 
 WINDOW, INTERVAL, FULL, HELD = 48, 32, 8192, 6
@@ -23,6 +28,14 @@ def test_window_growth():
     assert window_growth(decoded=60, remaining=84, window=48, interval=32) == 32  # window full
     assert window_growth(decoded=0, remaining=10, window=48, interval=32) == 10 + 32  # short answer
     assert window_growth(decoded=144, remaining=0, window=48, interval=32) == 0
+
+
+def test_owned_window_growth():
+    """A request owning its window holds W to W + interval slots: it grows by what it lacks of the peak."""
+    assert owned_window_growth(held=48, remaining=100, window=48, interval=32) == 32
+    assert owned_window_growth(held=70, remaining=100, window=48, interval=32) == 10
+    assert owned_window_growth(held=48, remaining=5, window=48, interval=32) == 5
+    assert owned_window_growth(held=80, remaining=100, window=48, interval=32) == 0
 
 
 def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2_fingerprint, tmp_path):
@@ -48,3 +61,6 @@ def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2
     assert stats["swa_available"] + stats["swa_evictable"] == stats["swa_size"]
     assert stats["full_available"] + stats["full_evictable"] == stats["full_size"]
     assert "Retract requests" not in log, [line for line in log.splitlines() if "Retract" in line][:3]
+    running = max(int(n) for n in re.findall(r"Decode batch.*?#running-req: (\d+)", log))
+    print("most requests decoding at once:", running)
+    assert running >= (2 if compat.SGLANG_0523 else HELD - 1)

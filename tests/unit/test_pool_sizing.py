@@ -10,6 +10,7 @@ import torch
 
 from redknot_sglang.heads.profile import HeadProfile, ModelFingerprint
 from redknot_sglang.mem.sizing import auto_window_ratio, per_token_bytes
+from redknot_sglang.patches import compat
 
 MODEL = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=4, num_attention_heads=8, num_kv_heads=4,
                          head_dim=64, rope_theta=10000.0)
@@ -22,8 +23,9 @@ def _profile(window: int = 256, sink: int = 4) -> HeadProfile:
 
 
 def test_auto_window_ratio_fits_two_windows_and_an_interval():
-    assert auto_window_ratio(256, 1, 8192, 128) == pytest.approx((512 + 128 + 1) / 8192)
-    assert auto_window_ratio(4096, 16, 8192, 128) == 1.0  # never more window slots than full slots
+    assert auto_window_ratio(256, 1, 8192, 128, private_windows=False) == pytest.approx((512 + 128 + 1) / 8192)
+    assert auto_window_ratio(256, 1, 8192, 128, private_windows=True) == pytest.approx((256 + 128 + 1) / 8192)
+    assert auto_window_ratio(4096, 16, 8192, 128, private_windows=False) == 1.0  # never more window slots than full slots
 
 
 def test_per_token_bytes_take_the_largest_rank():
@@ -54,7 +56,8 @@ def test_the_automatic_ratio_sizes_pools_within_the_budget(published_context):
     from redknot_sglang.integration.pool_sizing import HeadSplitPoolConfigurator
 
     conf = HeadSplitPoolConfigurator(_kvc(8192), _profile(), window_ratio=None, sink_blocks=8)
-    assert conf.ratio == pytest.approx((2 * 256 + eviction_interval() + 1) / 8192)
+    windows = 2 if compat.SGLANG_0523 else 1  # private prompt windows on 0.5.17 (head_split_cache.py)
+    assert conf.ratio == pytest.approx((windows * 256 + eviction_interval() + 1) / 8192)
     budget = 64 << 20
     sizes = conf.finalize_with_max_running_requests(conf.calculate_pool_sizes(budget, 1))
     full, swa, rows = sizes.full_max_total_num_tokens, sizes.swa_max_total_num_tokens, sizes.max_running_requests

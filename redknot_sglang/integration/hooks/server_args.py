@@ -52,7 +52,8 @@ def from_cli_args(original: Callable[..., Any], cls: type, args: argparse.Namesp
     if split:
         # Once a request has decoded a window past its prompt, SGLang can drop the tree's lock on
         # the prompt's last window (off by default): without it a long decode holds two windows of
-        # window slots for its whole life. Scheduler processes inherit the variable.
+        # window slots for its whole life (on 0.5.17 a long decode owns a copy of that window and
+        # holds no such lock, head_split_cache.py). Scheduler processes inherit the variable.
         os.environ.setdefault(compat.RELEASE_PREFIX_WINDOW_ENV, "1")
     if split and cfg.chunk_window_checkpoints:
         # Free a chunked prefill's out-of-window window slots as each chunk enters the tree (off by

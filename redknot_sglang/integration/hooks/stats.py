@@ -1,9 +1,9 @@
 """Pool and cache counters in ``/get_server_info`` (``internal_states[i]["redknot"]``).
 
 An AFTER hook on ``Scheduler.get_internal_state`` adds, per scheduler: both allocators' free and
-total slots, the tree's evictable/protected tokens per pool, running/waiting requests, and the sink
-cache occupancy and the document store's counters. Tests use it to check that every slot comes
-back; operators to see the split.
+total slots, the tree's evictable/protected tokens per pool, running/waiting requests, the sink
+cache occupancy, the private prompt windows made and refused, and the document store's counters.
+Tests use it to check that every slot comes back; operators to see the split.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def pool_stats(scheduler: Any) -> dict:
                      evictable=tree.evictable_size(), protected=tree.protected_size())
     sinks = getattr(tree, "sinks", None)
     if sinks is not None:
-        stats.update(sink_blocks_used=len(sinks), sink_blocks_total=sinks.num_blocks)
+        stats.update(sink_blocks_used=len(sinks), sink_blocks_total=sinks.num_blocks,
+                     private_windows=tree.private_windows, private_window_misses=tree.private_window_misses)
     reuse = getattr(tree, "document_reuse", None)
     if reuse is not None:
         stats["documents"] = reuse.counters()

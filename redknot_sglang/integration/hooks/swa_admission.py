@@ -21,6 +21,12 @@ Window slots of one decoding request (prompt of P tokens, d decoded, window W)::
                            tail (released at     interval         (<= W + interval)
                            d = W, see plugin)
 
+A request that owns a private copy of its prompt's last window
+(:meth:`~redknot_sglang.integration.head_split_cache.HeadSplitRadixCache.owns_window`) holds
+between ``W`` and ``W + interval`` window slots from its first decode step on: it is charged what
+it lacks of ``W + interval``. A request being admitted is charged ``W + interval``: the copy, then
+the interval.
+
 SGLang's own formulas (``_swa_budget_for_req``, ``_swa_chunk_cap``) are left as they are.
 """
 
@@ -48,6 +54,12 @@ def window_growth(decoded: int, remaining: int, window: int, interval: int) -> i
     return min(decoded + remaining, window) - min(decoded, window) + interval
 
 
+def owned_window_growth(held: int, remaining: int, window: int, interval: int) -> int:
+    """Window slots a request that owns its window (``held`` now) may still add: it peaks at one
+    window plus the interval."""
+    return max(0, min(remaining, window + interval - held))
+
+
 def _head_split(adder: Any) -> bool:
     from redknot_sglang.integration.head_split_cache import HeadSplitRadixCache
 
@@ -55,6 +67,10 @@ def _head_split(adder: Any) -> bool:
 
 
 def _growth(adder: Any, req: Any) -> int:
+    if adder.tree_cache.owns_window(req):  # SGLang 0.5.17 only: its request fields
+        held = req.seqlen - max(req.cache_protected_len, req.kv.swa_evicted_seqlen)
+        return owned_window_growth(held, adder._swa_new_tokens(req), adder.tree_cache.sliding_window_size,
+                                   eviction_interval())
     return window_growth(len(req.output_ids), adder._swa_new_tokens(req),
                          adder.tree_cache.sliding_window_size, eviction_interval())
 
