@@ -166,6 +166,8 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                         break
                     target = int(load.sent * 1.25) + 2  # everything fit: ask for more
                 res["max_concurrent"] = running
+                if side == "redknot":  # pools at capacity, private windows made / refused
+                    res["pool_stats"] = server.redknot_stats()
                 if ctx == min(args.contexts):
                     res["decode_tok_s"][str(running)] = steady_throughput(server, wave_since, running)
             res["sent"] = load.sent
@@ -195,6 +197,8 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
             "stock_max_total_tokens": s["max_total_num_tokens"],
             "redknot_max_total_tokens": r["max_total_num_tokens"],
             "measured_factor": round(r["max_concurrent"] / max(1, s["max_concurrent"]), 3),
+            "fraction_of_ideal": round(r["max_concurrent"] / max(1, s["max_concurrent"]) / profile.ideal_factor(ctx), 3),
+            "redknot_pool_stats": r.get("pool_stats"),
             "devices": sorted({s.get("device", device), r.get("device", device)}),
         })
     ctx = min(c for c in measured if sides["stock"]["contexts"][str(c)]["decode_tok_s"])
