@@ -38,7 +38,9 @@ component only::
 
 so a request holds one window plus the interval (admission charges that,
 :mod:`~redknot_sglang.integration.hooks.swa_admission`; the pool is sized for it,
-:mod:`redknot_sglang.mem.sizing`). Without free slots for the copy the request keeps SGLang's lock.
+:mod:`redknot_sglang.mem.sizing`). Without free slots for the copy the request keeps SGLang's lock;
+with pages of more than one token there are no private windows (SGLang's allocator hands out
+single slots by token only).
 
 SGLang checks a hybrid tree's invariants (a walk over every node) at each turn of its idle loop, which
 spins while no request runs, so a request that arrives waits for the check in progress, a wait that
@@ -61,6 +63,7 @@ from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 from redknot_sglang.integration.document_reuse import DocumentReuse
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
 from redknot_sglang.mem.sink_cache import SinkCache
+from redknot_sglang.patches import compat
 from redknot_sglang.patches.compat import matched_len, req_row, slide_window
 
 if TYPE_CHECKING:  # SGLang's types, for annotations only
@@ -69,6 +72,12 @@ if TYPE_CHECKING:  # SGLang's types, for annotations only
 
 
 SANITY_CHECK_INTERVAL_S = 1.0
+
+
+def private_windows(page_size: int) -> bool:
+    """Whether long decodes own a copy of their prompt's last window: SGLang 0.5.17 (its
+    ``cache_unfinished_req``), token-granular pages (its allocator's ``alloc``)."""
+    return not compat.SGLANG_0523 and page_size == 1
 
 
 def first_tokens(req: Req, n: int) -> Sequence[int]:
@@ -184,7 +193,9 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         for the request and lock only the full path before it (module docstring)."""
         from redknot_sglang.integration.hooks.swa_admission import eviction_interval
 
-        tail = -(-self.sliding_window_size // self.page_size) * self.page_size
+        if not private_windows(self.page_size):
+            return
+        tail = self.sliding_window_size
         end = req.cache_protected_len
         start = end - tail
         remaining = req.sampling_params.max_new_tokens - len(req.output_ids)
@@ -209,6 +220,8 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         req.skip_lock_node_ids = lock.skip_lock_node_ids
         req.swa_prefix_lock_released = True  # the release at the end skips the SWA component
         req.cache_protected_len = start
+        req.kv.swa_evicted_seqlen = start  # the copies' window slots are live (an earlier chunk's
+        # insert may have left it past start: the tree's window of that chunk end)
         req.prefix_indices = req_to_token[row, : len(req.prefix_indices)].to(torch.int64, copy=True)
         self.window_owners.add(req.rid)
         self.private_windows += 1

@@ -13,9 +13,9 @@ from sglang.srt.runtime_context import get_parallel, get_schedule
 
 from redknot_sglang.heads.layout import RankHeadLayout
 from redknot_sglang.heads.profile import HeadProfile
+from redknot_sglang.integration.head_split_cache import private_windows
 from redknot_sglang.integration.hooks.swa_admission import eviction_interval
 from redknot_sglang.mem.sizing import auto_window_ratio, per_token_bytes
-from redknot_sglang.patches import compat
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class HeadSplitPoolConfigurator(MemoryPoolConfigurator):
             profile, get_parallel().attn_tp_size, kvc.model_config.head_dim, kv_size
         )
         self.ratio = window_ratio or auto_window_ratio(self.window, self.page_size, kvc.model_config.context_len,
-                                                       eviction_interval(), private_windows=not compat.SGLANG_0523)
+                                                       eviction_interval(), private_windows(self.page_size))
         self.user_rows = get_schedule().max_running_requests
         self.sink_blocks = sink_blocks
         fixed_rows = self.user_rows or 0

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import requests
 
+from redknot_sglang.integration.head_split_cache import private_windows
 from redknot_sglang.integration.hooks.swa_admission import eviction_interval
 from redknot_sglang.mem.sizing import auto_window_ratio
-from redknot_sglang.patches import compat
 from redknot_sglang.testing.bench_sides import SidesFile, bench_profile, device_name, side_flags
 from redknot_sglang.testing.models import llama8b_dir, smollm2_dir
 from redknot_sglang.testing.server import Server
@@ -129,7 +129,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
     flags += ["--decode-log-interval", "20"]
     flags += ["--max-total-tokens", "6000"] if args.cpu_smoke else ["--cuda-graph-max-bs", str(args.cuda_graph_max_bs)]
     if side == "redknot":
-        flags += ["--redknot-window-pool-ratio", f"{auto_window_ratio(args.window, 1, min(args.contexts), eviction_interval(), not compat.SGLANG_0523):.5f}"]
+        flags += ["--redknot-window-pool-ratio", f"{auto_window_ratio(args.window, 1, min(args.contexts), eviction_interval(), private_windows(1)):.5f}"]
     # a run adds its contexts to those an earlier run of this side measured (one context per call)
     out: dict = {"contexts": dict(PARTIAL.side(side).get("contexts", {}))}
     server = Server(model, flags, log_path=Path(args.log_dir) / f"{side}.log", timeout_s=900)
@@ -172,11 +172,11 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
                     res["decode_tok_s"][str(running)] = steady_throughput(server, wave_since, running)
             res["sent"] = load.sent
             print(f"[{side}] ctx {ctx}: max_concurrent {res['max_concurrent']} (sent {load.sent})", flush=True)
+            out["contexts"][str(ctx)] = res
+            PARTIAL.save(side, out)
             load.abort_all()
             time.sleep(3)
             requests.post(server.url + "/flush_cache", timeout=60)
-            out["contexts"][str(ctx)] = res
-            PARTIAL.save(side, out)
     return out
 
 
