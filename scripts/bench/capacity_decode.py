@@ -200,6 +200,7 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
             "fraction_of_ideal": round(r["max_concurrent"] / max(1, s["max_concurrent"]) / profile.ideal_factor(ctx), 3),
             "redknot_pool_stats": r.get("pool_stats"),
             "devices": sorted({s.get("device", device), r.get("device", device)}),
+            **({"stock_measured": s["measured"]} if "measured" in s else {}),
         })
     ctx = min(c for c in measured if sides["stock"]["contexts"][str(c)]["decode_tok_s"])
     s_dec = sides["stock"]["contexts"][str(ctx)]["decode_tok_s"]
