@@ -62,6 +62,7 @@ from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from redknot_sglang.integration.document_reuse import DocumentReuse
 from redknot_sglang.integration.head_split_pool import HeadSplitKVPool
+from redknot_sglang.integration.hooks.swa_admission import eviction_interval
 from redknot_sglang.mem.sink_cache import SinkCache
 from redknot_sglang.patches import compat
 from redknot_sglang.patches.compat import matched_len, req_row, slide_window
@@ -191,8 +192,6 @@ class HeadSplitRadixCache(UnifiedRadixCache):
     def _own_prompt_window(self, req: Req) -> None:
         """After the prompt's last chunk entered the tree: copy its last window into fresh slots
         for the request and lock only the full path before it (module docstring)."""
-        from redknot_sglang.integration.hooks.swa_admission import eviction_interval
-
         if not private_windows(self.page_size):
             return
         tail = self.sliding_window_size
