@@ -29,7 +29,7 @@ will decode past the interval finishes its prefill, :meth:`_own_prompt_window` g
 slots holding a copy of the prompt's last window and moves its lock to the path before it, full
 component only::
 
-    positions        [0 .. T0)                  [T0 .. P)  (T0 = P - window, page-aligned)
+    positions        [0 .. T0)                  [T0 .. P)  (T0 = P - window)
     tree             full slots, locked by      the prompt's own full + window slots:
                      the request (full only)    matchable, unlocked (evictable)
     request's row    the tree's slots           fresh copies, the request's own:

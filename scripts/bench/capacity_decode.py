@@ -189,15 +189,16 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
                       if all("max_concurrent" in sides[x]["contexts"].get(c, {}) for x in ("stock", "redknot")))
     for ctx in measured:
         s, r = sides["stock"]["contexts"][str(ctx)], sides["redknot"]["contexts"][str(ctx)]
+        factor, ideal = r["max_concurrent"] / max(1, s["max_concurrent"]), profile.ideal_factor(ctx)
         cap_rows.append({
             "context_len": ctx,
             "stock_max_concurrent": s["max_concurrent"],
             "redknot_max_concurrent": r["max_concurrent"],
-            "ideal_factor": round(profile.ideal_factor(ctx), 3),
+            "ideal_factor": round(ideal, 3),
             "stock_max_total_tokens": s["max_total_num_tokens"],
             "redknot_max_total_tokens": r["max_total_num_tokens"],
-            "measured_factor": round(r["max_concurrent"] / max(1, s["max_concurrent"]), 3),
-            "fraction_of_ideal": round(r["max_concurrent"] / max(1, s["max_concurrent"]) / profile.ideal_factor(ctx), 3),
+            "measured_factor": round(factor, 3),
+            "fraction_of_ideal": round(factor / ideal, 3),
             "redknot_pool_stats": r.get("pool_stats"),
             "devices": sorted({s.get("device", device), r.get("device", device)}),
             **({"stock_measured": s["measured"]} if "measured" in s else {}),

@@ -23,6 +23,11 @@ from redknot_sglang.testing.server import CPU_ARGS, REDKNOT_ARGS, Server
 WINDOW, INTERVAL, FULL, HELD = 48, 32, 8192, 6
 
 
+def most_running(log: str) -> int:
+    """The most requests SGLang's decode log lines report running at once."""
+    return max((int(n) for n in re.findall(r"Decode batch.*?#running-req: (\d+)", log)), default=0)
+
+
 def test_window_growth():
     """The decode window fills up to W, plus the interval between two frees; nothing once done."""
     assert window_growth(decoded=0, remaining=144, window=48, interval=32) == 48 + 32
@@ -63,7 +68,7 @@ def test_decoding_requests_are_never_retracted_for_window_slots(smollm2, smollm2
     assert stats["swa_available"] + stats["swa_evictable"] == stats["swa_size"]
     assert stats["full_available"] + stats["full_evictable"] == stats["full_size"]
     assert "Retract requests" not in log, [line for line in log.splitlines() if "Retract" in line][:3]
-    running = max(int(n) for n in re.findall(r"Decode batch.*?#running-req: (\d+)", log))
+    running = most_running(log)
     print("most requests decoding at once:", running)
     assert running >= (2 if compat.SGLANG_0523 else HELD - 1)
 
@@ -88,8 +93,7 @@ def test_requests_aborted_while_decoding_from_private_windows_free_every_slot(sm
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(one, i) for i in range(8)]
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and max(
-                    (int(n) for n in re.findall(r"Decode batch.*?#running-req: (\d+)", server.log())), default=0) < 3:
+            while time.monotonic() < deadline and most_running(server.log()) < 3:
                 time.sleep(0.5)
             server.post("/abort_request", {"rid": "", "abort_all": True}, timeout=60)
             for f in futures:

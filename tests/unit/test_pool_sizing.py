@@ -22,7 +22,7 @@ def _profile(window: int = 256, sink: int = 4) -> HeadProfile:
     return HeadProfile.from_classes(MODEL, glob, window=window, sink=sink, method="test")
 
 
-def test_auto_window_ratio_fits_two_windows_and_an_interval():
+def test_auto_window_ratio_fits_a_decodes_windows_and_an_interval():
     assert auto_window_ratio(256, 1, 8192, 128, private_windows=False) == pytest.approx((512 + 128 + 1) / 8192)
     assert auto_window_ratio(256, 1, 8192, 128, private_windows=True) == pytest.approx((256 + 128 + 1) / 8192)
     assert auto_window_ratio(4096, 16, 8192, 128, private_windows=False) == 1.0  # never more window slots than full slots
