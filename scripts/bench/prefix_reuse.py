@@ -13,14 +13,26 @@ once stock and redknot are in, writes bench/results/prefix_reuse.json and prints
 sends each length's first prompt a third time under SGLang's torch profiler (``/start_profile``,
 CPU and GPU activities; Python stacks with ``--trace-stacks``, which inflate host times) and leaves
 the scheduler's trace in ``DIR/SIDE-LENGTH`` (``scripts/device/trace_summary.py`` summarizes it).
+
+``--paired`` serves stock and redknot side by side and alternates them request by request (SGLang
+sizes a server's KV from the memory free when it starts, so the later server's fraction is scaled to
+get the same budget as it would alone: with the same fraction of less free memory, redknot's
+window pool held one 8K chunk and a window, and four 32K prompts cycling through it never hit):
+the first sendings, then ``--rounds`` rounds of the second sendings (stock first in even rounds,
+redknot first in odd ones), then the turns. A second sending is host-bound (a few ms of GPU work
+in ~40 ms) and its time moved by 10-30 ms between machines and calls, more than the gap between the
+two servers; side by side both see the same machine at the same moments, and the row adds the
+median of the paired ratios (redknot / stock, same prompt, same round).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -62,33 +74,79 @@ def prompts(length: int, n: int, vocab: int) -> list[list[int]]:
     return [[rng.randrange(100, vocab - 100) for _ in range(length - 300)] for _ in range(n)]
 
 
-def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
-    flags = side_flags("stock" if side == "stock" else "redknot", context_len=max(args.lengths),
-                       cpu_smoke=args.cpu_smoke, mem_fraction_static=args.mem_fraction_static, profile=profile)
-    small = ["--chunked-prefill-size", "512", "--max-total-tokens", "16000"]
-    # decode keeps its CUDA graphs (few batch sizes: quick capture): SGLang's overlap scheduler
-    # launches the next decode step before it hands out a prefill's first token, so an eager
-    # decode step would be counted in every time to first token
-    flags += [*SIDES[side], *(small if args.cpu_smoke else ["--cuda-graph-max-bs", "4"])]
+def measure(urls: dict[str, str], length: int, n: int, rounds: int, vocab: int) -> dict[str, dict]:
+    """One length on every side in ``urls`` (one server each), request by request in turn: each
+    prompt sent once (4 new tokens), ``rounds`` times again (1 new token; the side order flips each
+    round), then extended by its answer and a turn."""
+    ps = prompts(length, n, vocab)
+    sides = list(urls)
+    first = {s: [] for s in sides}
+    again = {s: [] for s in sides}
+    turn = {s: [] for s in sides}
+    for p in ps:
+        for s in sides:
+            first[s].append(send(urls[s], p, 4))
+    for r in range(rounds):
+        for p in ps:
+            for s in (sides if r % 2 == 0 else sides[::-1]):
+                again[s].append(send(urls[s], p, 1))
+    for i, p in enumerate(ps):
+        for s in sides:
+            turn[s].append(send(urls[s], p + first[s][i][2] + [150 + j for j in range(TURN)], 1))
+    return {s: {"prompts": n, "rounds": rounds, "prompt_len": length - 300,
+                "first_ttft_s": statistics.median(t for t, _, _ in first[s]),
+                "again_ttft_s": statistics.median(t for t, _, _ in again[s]),
+                "again_ttft_all_s": [round(t, 5) for t, _, _ in again[s]],
+                "again_cached_tokens": [c for _, c, _ in again[s]],
+                "turn_ttft_s": statistics.median(t for t, _, _ in turn[s]),
+                "turn_cached_tokens": [c for _, c, _ in turn[s]]} for s in sides}
+
+
+def gpu_total_over_free() -> float:
+    """The GPU's memory over what is free now (``nvidia-smi``: no CUDA context in this process)."""
+    out = subprocess.check_output(["nvidia-smi", "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
+                                  text=True)
+    free, total = (float(x) for x in out.splitlines()[0].split(","))
+    return total / free
+
+
+def run_sides(sides: list[str], args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
+    """``sides`` served together (``--paired``: both at once) or one after the other; each length
+    measured on every side of the group, then saved to ``partial`` side by side."""
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    out = {"device": device_name(), "flags": flags, "results": {}}
-    with Server(model, flags, log_path=Path(args.log_dir) / f"prefix_{side}.log", timeout_s=900) as server:
+    with contextlib.ExitStack() as stack:
+        urls, outs = {}, {}
+        for i, side in enumerate(sides):
+            fraction = args.mem_fraction_static * (1 if i == 0 or args.cpu_smoke else gpu_total_over_free())
+            flags = side_flags("stock" if side == "stock" else "redknot", context_len=max(args.lengths),
+                               cpu_smoke=args.cpu_smoke, mem_fraction_static=round(fraction, 4), profile=profile)
+            small = ["--chunked-prefill-size", "512", "--max-total-tokens", "16000"]
+            # decode keeps its CUDA graphs (few batch sizes: quick capture): SGLang's overlap scheduler
+            # launches the next decode step before it hands out a prefill's first token, so an eager
+            # decode step would be counted in every time to first token
+            flags += [*SIDES[side], *(small if args.cpu_smoke else ["--cuda-graph-max-bs", "4"])]
+            server = stack.enter_context(Server(model, flags, log_path=Path(args.log_dir) / f"prefix_{side}.log",
+                                                timeout_s=900))
+            urls[side] = server.url
+            outs[side] = {"device": device_name(), "flags": flags, "results": {}, "paired": len(sides) > 1,
+                          "started_after": sides[:i]}
         for length, n in zip(args.lengths, args.prompts):
-            ps = prompts(length, n, vocab)
-            first = [send(server.url, p, 4) for p in ps]
-            again = [send(server.url, p, 1) for p in ps]
-            if args.trace:
-                traced(server.url, ps[0], args.trace / f"{side}-{length}", args.trace_stacks)
-            turn = [send(server.url, p + o + [150 + i for i in range(TURN)], 1) for p, (_, _, o) in zip(ps, first)]
-            row = {"prompts": n, "prompt_len": length - 300,
-                   "first_ttft_s": statistics.median(t for t, _, _ in first),
-                   "again_ttft_s": statistics.median(t for t, _, _ in again),
-                   "again_cached_tokens": [c for _, c, _ in again],
-                   "turn_ttft_s": statistics.median(t for t, _, _ in turn),
-                   "turn_cached_tokens": [c for _, c, _ in turn]}
-            out["results"][str(length)] = row
-            partial.save(side, out)
-            print(f"[{side} {length}] {row}", flush=True)
+            rows = measure(urls, length, n, args.rounds, vocab)
+            for side, row in rows.items():
+                if args.trace:
+                    traced(urls[side], prompts(length, 1, vocab)[0], args.trace / f"{side}-{length}", args.trace_stacks)
+                outs[side]["results"][str(length)] = row
+                partial.save(side, outs[side])
+                print(f"[{side} {length}] {({k: v for k, v in row.items() if k != 'again_ttft_all_s'})}", flush=True)
+
+
+def paired_ratio(sides: dict, length: str) -> float | None:
+    """Median of redknot / stock over second sendings timed side by side (same prompt, same round)."""
+    s, r = (sides.get(x, {}) for x in ("stock", "redknot"))
+    if not (s.get("paired") and r.get("paired")):
+        return None
+    ts, tr = (x["results"][length].get("again_ttft_all_s") for x in (s, r))
+    return round(statistics.median(b / a for a, b in zip(ts, tr)), 3) if ts and tr and len(ts) == len(tr) else None
 
 
 def write(sides: dict, results: Path, model: Path) -> None:
@@ -103,16 +161,17 @@ def write(sides: dict, results: Path, model: Path) -> None:
             row[f"{key}_turn_cached_tokens"] = r and min(r["turn_cached_tokens"])
             row[f"{key}_turn_ttft_s"] = r and round(r["turn_ttft_s"], 4)
             row[f"{key}_first_ttft_s"] = r and round(r["first_ttft_s"], 4)
+        row["redknot_over_stock_ttft_paired"] = paired_ratio(sides, length)
         rows.append(row)
     out = sides_result(sides, model, "prompt sent once (4 new tokens), again (1 new token: the row's TTFT and cached "
                        f"tokens, the fewest over the prompts), then extended by its answer and a {TURN}-token turn", rows)
     (results / "prefix_reuse.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"\n{'prompt':>7} | {'cached: stock':>13} {'redknot':>8} {'no ckpt':>8} | {'TTFT s: stock':>13} {'redknot':>8} "
-          f"{'no ckpt':>8} | {'turn cached: stock':>18} {'redknot':>8} {'no ckpt':>8}  ({out['device']})")
+          f"{'no ckpt':>8} {'paired':>7} | {'turn cached: stock':>18} {'redknot':>8} {'no ckpt':>8}  ({out['device']})")
     for r in rows:
         print(f"{r['prompt_len']:>7} | {r['stock_cached_tokens']!s:>13} {r['redknot_cached_tokens']!s:>8} "
               f"{r['redknot_no_checkpoints_cached_tokens']!s:>8} | {r['stock_ttft_s']!s:>13} {r['redknot_ttft_s']!s:>8} "
-              f"{r['redknot_no_checkpoints_ttft_s']!s:>8} | {r['stock_turn_cached_tokens']!s:>18} "
+              f"{r['redknot_no_checkpoints_ttft_s']!s:>8} {r['redknot_over_stock_ttft_paired']!s:>7} | {r['stock_turn_cached_tokens']!s:>18} "
               f"{r['redknot_turn_cached_tokens']!s:>8} {r['redknot_no_checkpoints_turn_cached_tokens']!s:>8}")
 
 
@@ -121,6 +180,8 @@ def main() -> None:
     ap.add_argument("--side", nargs="+", choices=(*SIDES, "none"), default=list(SIDES))
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536])
     ap.add_argument("--prompts", type=int, nargs="+", default=[8, 8, 4], help="prompts per length")
+    ap.add_argument("--rounds", type=int, default=1, help="second sendings of each prompt")
+    ap.add_argument("--paired", action="store_true", help="the sides' servers up together, requests alternating")
     ap.add_argument("--mem-fraction-static", type=float, default=0.35)
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--partial", type=Path, help="the sides file (default: _partial_prefix_reuse.json next to the results)")
@@ -132,8 +193,10 @@ def main() -> None:
         args.lengths, args.prompts = [1600, 2600], [2, 2]
     model, results, profile = bench_setup(args.cpu_smoke, RESULTS)
     partial = SidesFile(args.partial or results / "_partial_prefix_reuse.json")
-    for side in (s for s in args.side if s != "none"):
-        run_side(side, args, model, profile, partial)
+    sides = [s for s in args.side if s != "none"]
+    for group in ([sides] if args.paired else [[s] for s in sides]):
+        if group:
+            run_sides(group, args, model, profile, partial)
     sides = partial.complete(("stock", "redknot"))  # the no-checkpoints side is optional
     if sides is not None:
         write(sides, results, model)
