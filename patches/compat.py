@@ -57,7 +57,11 @@ RELIED: dict[str, tuple[str, ...]] = (
      _S + "environ.envs": ("SGLANG_OPT_RELEASE_PREFILL_SWA",)}
     if SGLANG_0523 else
     {_S + "managers.schedule_batch.Req": ("req_pool_idx", "prefix_indices", "extend_range", "set_extend_range"),
-     _S + "mem_cache.unified_radix_cache.UnifiedRadixCache": ("cache_unfinished_req", "cache_finished_req"),
+     _S + "mem_cache.unified_radix_cache.UnifiedRadixCache": ("cache_unfinished_req", "cache_finished_req", "tree_core"),
+     # tails before checkpoints (head_split_cache.py): the SWA component's LRU list
+     _S + "mem_cache.unified_cache.unified_tree_core.UnifiedTreeCore": ("lru_lists", "root_node", "node_by_id"),
+     _S + "mem_cache.unified_cache.unified_tree_core.UnifiedLRUList": ("_remove_node", "_add_node_after", "in_list",
+                                                                       "tail", "mid", "_pt"),
      _S + "mem_cache.common": ("free_swa_out_of_window_slots",),
      _S + "mem_cache.base_prefix_cache.MatchResult": ("device_indices",),
      _S + "managers.schedule_policy.PrefillAdder": ("rem_swa_token_offset",),

@@ -164,3 +164,26 @@ def test_a_short_answer_keeps_the_trees_lock(tree, monkeypatch):
     tree.evict(EvictParams(num_tokens=SIZE, swa_num_tokens=SIZE))
     alloc = tree.token_to_kv_pool_allocator
     assert (alloc.full_available_size(), alloc.swa_available_size()) == (SIZE, SIZE)
+
+
+@pytest.mark.skipif(compat.SGLANG_0523, reason="SGLang 0.5.23 caches prompts through checkpoint(): its Rust tree core")
+def test_prompts_keep_their_last_windows_before_their_checkpoints(tree, monkeypatch):
+    """Two prompts of two chunks each leave a window at each chunk end; when the window pool needs
+    slots, both prompts' chunk checkpoints go before either prompt's last window, so both still
+    match whole (SGLang's LRU alone takes the older prompt's checkpoint, then its last window)."""
+    monkeypatch.setenv("SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS", "1")
+    prompts = [list(range(100, 180)), list(range(200, 280))]
+    for i, prompt in enumerate(prompts):
+        req = _prefilled(tree, f"p{i}", prompt, max_new=4, first_chunk=40)
+        tree.cache_unfinished_req(req)
+        tree.cache_finished_req(req, kv_len_to_handle=req.seqlen)
+        tree.req_to_token_pool.free(req)
+    assert tree.swa_evictable_size() >= 4 * W  # two windows per prompt
+    evicted = tree.evict(EvictParams(num_tokens=0, swa_num_tokens=W + 4)).swa_num_tokens_evicted
+    assert W + 4 <= evicted <= 2 * (W + 1)  # the checkpoints, not more
+    for prompt in prompts:
+        match = tree.match_prefix(MatchPrefixParams(key=RadixKey(array("q", prompt), None)))
+        assert compat.matched_len(match) == len(prompt)
+    tree.evict(EvictParams(num_tokens=SIZE, swa_num_tokens=SIZE))
+    alloc = tree.token_to_kv_pool_allocator
+    assert (alloc.full_available_size(), alloc.swa_available_size()) == (SIZE, SIZE)
