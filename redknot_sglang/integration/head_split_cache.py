@@ -204,8 +204,9 @@ class HeadSplitRadixCache(UnifiedRadixCache):
     def _checkpoints_first(self, req: Req) -> None:
         """Move the window checkpoints on the path to ``req.last_node`` that lie before its last
         window (``sliding_window_size`` + a page) to the LRU end of the SWA component (module
-        docstring). Not with SGLang's session partitions of the LRU."""
-        if compat.SGLANG_0523:
+        docstring). Not with SGLang's session partitions of the LRU, nor for a streaming session's
+        turn (its ``last_node`` is the session's virtual node, not a tree node id)."""
+        if compat.SGLANG_0523 or not isinstance(req.last_node, int):
             return
         lru = self.tree_core.lru_lists.get(ComponentType.SWA)
         if lru is None or lru.mid is not None:

@@ -18,8 +18,8 @@ the scheduler's trace in ``DIR/SIDE-LENGTH`` (``scripts/device/trace_summary.py`
 sizes a server's KV from the memory free when it starts, so the later server's fraction is scaled to
 get the same budget as it would alone: with the same fraction of less free memory, redknot's
 window pool held one 8K chunk and a window, and four 32K prompts cycling through it never hit):
-the first sendings, then ``--rounds`` rounds of the second sendings (stock first in even rounds,
-redknot first in odd ones), then the turns. A second sending is host-bound (a few ms of GPU work
+the first sendings, then ``--rounds`` rounds of the second sendings (in ``--side`` order in even
+rounds, reversed in odd ones), then the turns. A second sending is host-bound (a few ms of GPU work
 in ~40 ms) and its time moved by 10-30 ms between machines and calls, more than the gap between the
 two servers; side by side both see the same machine at the same moments, and the row adds the
 median of the paired ratios (redknot / stock, same prompt, same round).
@@ -114,6 +114,7 @@ def run_sides(sides: list[str], args: argparse.Namespace, model: Path, profile: 
     """``sides`` served together (``--paired``: both at once) or one after the other; each length
     measured on every side of the group, then saved to ``partial`` side by side."""
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    run_id = f"{time.time():.0f}"  # the sides timed together carry the same id
     with contextlib.ExitStack() as stack:
         urls, outs = {}, {}
         for i, side in enumerate(sides):
@@ -128,8 +129,8 @@ def run_sides(sides: list[str], args: argparse.Namespace, model: Path, profile: 
             server = stack.enter_context(Server(model, flags, log_path=Path(args.log_dir) / f"prefix_{side}.log",
                                                 timeout_s=900))
             urls[side] = server.url
-            outs[side] = {"device": device_name(), "flags": flags, "results": {}, "paired": len(sides) > 1,
-                          "started_after": sides[:i]}
+            outs[side] = {"device": device_name(), "flags": flags, "results": {}, "started_after": sides[:i],
+                          "paired": run_id if len(sides) > 1 else None}
         for length, n in zip(args.lengths, args.prompts):
             rows = measure(urls, length, n, args.rounds, vocab)
             for side, row in rows.items():
@@ -143,9 +144,9 @@ def run_sides(sides: list[str], args: argparse.Namespace, model: Path, profile: 
 def paired_ratio(sides: dict, length: str) -> float | None:
     """Median of redknot / stock over second sendings timed side by side (same prompt, same round)."""
     s, r = (sides.get(x, {}) for x in ("stock", "redknot"))
-    if not (s.get("paired") and r.get("paired")):
+    if not s.get("paired") or s.get("paired") != r.get("paired"):
         return None
-    ts, tr = (x["results"][length].get("again_ttft_all_s") for x in (s, r))
+    ts, tr = (x["results"].get(length, {}).get("again_ttft_all_s") for x in (s, r))
     return round(statistics.median(b / a for a, b in zip(ts, tr)), 3) if ts and tr and len(ts) == len(tr) else None
 
 
@@ -175,12 +176,18 @@ def write(sides: dict, results: Path, model: Path) -> None:
               f"{r['redknot_turn_cached_tokens']!s:>8} {r['redknot_no_checkpoints_turn_cached_tokens']!s:>8}")
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a positive integer, not {text!r}")
+    return int(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", nargs="+", choices=(*SIDES, "none"), default=list(SIDES))
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536])
     ap.add_argument("--prompts", type=int, nargs="+", default=[8, 8, 4], help="prompts per length")
-    ap.add_argument("--rounds", type=int, default=1, help="second sendings of each prompt")
+    ap.add_argument("--rounds", type=positive_int, default=1, help="second sendings of each prompt")
     ap.add_argument("--paired", action="store_true", help="the sides' servers up together, requests alternating")
     ap.add_argument("--mem-fraction-static", type=float, default=0.35)
     ap.add_argument("--log-dir", default="/tmp")
@@ -194,6 +201,8 @@ def main() -> None:
     model, results, profile = bench_setup(args.cpu_smoke, RESULTS)
     partial = SidesFile(args.partial or results / "_partial_prefix_reuse.json")
     sides = [s for s in args.side if s != "none"]
+    if args.paired and len(sides) != 2:
+        ap.error("--paired times two sides together (e.g. --side stock redknot)")
     for group in ([sides] if args.paired else [[s] for s in sides]):
         if group:
             run_sides(group, args, model, profile, partial)
