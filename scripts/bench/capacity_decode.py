@@ -16,7 +16,7 @@ tokens, stock admitted 10 requests at 24.6K tokens where 8 of 32K fit).
   prefill runs, the decode throughput SGLang logs (``gen throughput (token/s)``) is averaged.
 
 Writes bench/results/capacity.json and bench/results/decode.json (``--side`` runs one side into a
-partial file; ``--merge`` combines partials measured on the same warm machine).
+partial file, which keeps every context measured so far; ``--merge`` writes the JSON from it).
 """
 
 from __future__ import annotations
@@ -264,9 +264,8 @@ def main() -> None:
         for side in (("stock", "redknot") if args.side == "both" else (args.side,)):
             run_side(side, args, model, Path(args.profile_path))
     sides = PARTIAL.complete()
-    if sides is not None:
+    if sides is not None:  # the partial file stays: the next call may add a context to either side
         write_results(sides, args, device_name())
-        PARTIAL.clear()
 
 
 if __name__ == "__main__":
