@@ -15,6 +15,8 @@ from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
 from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_cache.components import ComponentType
 from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.session.session_controller import Session
+from sglang.srt.session.streaming_session import _VirtualNode
 
 from redknot_sglang.heads import HeadProfile, RankHeadLayout
 from redknot_sglang.heads.profile import ModelFingerprint
@@ -187,3 +189,17 @@ def test_prompts_keep_their_last_windows_before_their_checkpoints(tree, monkeypa
     tree.evict(EvictParams(num_tokens=SIZE, swa_num_tokens=SIZE))
     alloc = tree.token_to_kv_pool_allocator
     assert (alloc.full_available_size(), alloc.swa_available_size()) == (SIZE, SIZE)
+
+
+def test_a_streaming_sessions_chunk_leaves_the_tree_alone(tree):
+    """A later turn of a streaming session carries the session's virtual node as ``last_node``
+    (SGLang's session keeps the turn's KV in its own slot, not in the tree): caching its chunk
+    snapshots the row and neither inserts nor reorders anything."""
+    earlier = _prefilled(tree, "p", list(range(100, 180)), max_new=4, first_chunk=40)
+    tree.cache_unfinished_req(earlier)
+    before = (tree.full_evictable_size(), tree.swa_evictable_size(), tree.full_protected_size())
+    turn = _prefilled(tree, "s", list(range(300, 340)), max_new=4)
+    turn.session, turn.last_node = Session(1 << 20, "s", streaming=True), _VirtualNode()
+    tree.cache_unfinished_req(turn, chunked=True)
+    assert (tree.full_evictable_size(), tree.swa_evictable_size(), tree.full_protected_size()) == before
+    assert torch.equal(turn.prefix_indices, tree.req_to_token_pool.req_to_token[turn.req_pool_idx, :40].long())
