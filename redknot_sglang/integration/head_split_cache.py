@@ -198,8 +198,8 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         super().cache_unfinished_req(req, chunked=chunked, **kwargs)
         if not self.disable:
             self._checkpoints_first(req)
-        if not chunked and not self.disable:
-            self._own_prompt_window(req)
+            if not chunked:
+                self._own_prompt_window(req)
 
     def _checkpoints_first(self, req: Req) -> None:
         """Move the window checkpoints on the path to ``req.last_node`` that lie before its last
