@@ -180,8 +180,12 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
     return out
 
 
-def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
+def write_results(sides: dict, args: argparse.Namespace) -> None:
+    """capacity.json and decode.json from every context both sides measured; the device is the
+    one that measured them (not the machine that merges)."""
     from redknot_sglang.heads.profile import HeadProfile
+
+    device = " + ".join(sorted({e["device"] for side in sides.values() for e in side["contexts"].values()}))
 
     profile = HeadProfile.load(args.profile_path)
     cap_rows, dec_rows = [], []
@@ -200,7 +204,7 @@ def write_results(sides: dict, args: argparse.Namespace, device: str) -> None:
             "measured_factor": round(factor, 3),
             "fraction_of_ideal": round(factor / ideal, 3),
             "redknot_pool_stats": r.get("pool_stats"),
-            "devices": sorted({s.get("device", device), r.get("device", device)}),
+            "devices": sorted({s["device"], r["device"]}),
             **({"stock_measured": s["measured"]} if "measured" in s else {}),
         })
     ctx = min(c for c in measured if sides["stock"]["contexts"][str(c)]["decode_tok_s"])
@@ -265,7 +269,7 @@ def main() -> None:
             run_side(side, args, model, Path(args.profile_path))
     sides = PARTIAL.complete()
     if sides is not None:  # the partial file stays: the next call may add a context to either side
-        write_results(sides, args, device_name())
+        write_results(sides, args)
 
 
 if __name__ == "__main__":
