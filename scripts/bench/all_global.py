@@ -45,7 +45,7 @@ def measure(url: str, length: int, n: int, vocab: int, decode_tokens: int) -> di
 
 
 def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, partial: SidesFile) -> None:
-    flags = side_flags(side, context_len=max(args.lengths), cpu_smoke=args.cpu_smoke,
+    flags = side_flags(side, context_len=max(args.lengths) + args.decode_tokens, cpu_smoke=args.cpu_smoke,
                        mem_fraction_static=args.mem_fraction_static, profile=profile)
     flags += ["--max-total-tokens", "16000"] if args.cpu_smoke else ["--cuda-graph-max-bs", "1"]
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
