@@ -196,17 +196,17 @@ class HeadSplitRadixCache(UnifiedRadixCache):
         if not self.disable:
             self._publish_sink(req, len(req.get_fill_ids()))
         super().cache_unfinished_req(req, chunked=chunked, **kwargs)
-        if not self.disable:
-            self._checkpoints_first(req)
-            if not chunked:
-                self._own_prompt_window(req)
+        if self.disable or not isinstance(req.last_node, int):
+            return  # last_node is no tree node id: a streaming session's later turn (its session holds the KV)
+        self._checkpoints_first(req)
+        if not chunked:
+            self._own_prompt_window(req)
 
     def _checkpoints_first(self, req: Req) -> None:
         """Move the window checkpoints on the path to ``req.last_node`` that lie before its last
         window (``sliding_window_size`` + a page) to the LRU end of the SWA component (module
-        docstring). Not with SGLang's session partitions of the LRU, nor for a streaming session's
-        turn (its ``last_node`` is the session's virtual node, not a tree node id)."""
-        if compat.SGLANG_0523 or not isinstance(req.last_node, int):
+        docstring). Not with SGLang's session partitions of the LRU."""
+        if compat.SGLANG_0523:
             return
         lru = self.tree_core.lru_lists.get(ComponentType.SWA)
         if lru is None or lru.mid is not None:

@@ -16,7 +16,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_cache.components import ComponentType
 from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.session.session_controller import Session
-from sglang.srt.session.streaming_session import _VirtualNode
+from sglang.srt.session.streaming_session import SessionSlot, _VirtualNode
 
 from redknot_sglang.heads import HeadProfile, RankHeadLayout
 from redknot_sglang.heads.profile import ModelFingerprint
@@ -191,15 +191,32 @@ def test_prompts_keep_their_last_windows_before_their_checkpoints(tree, monkeypa
     assert (alloc.full_available_size(), alloc.swa_available_size()) == (SIZE, SIZE)
 
 
-def test_a_streaming_sessions_chunk_leaves_the_tree_alone(tree):
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_streaming_sessions_turn_leaves_the_tree_alone(tree, monkeypatch, chunked):
     """A later turn of a streaming session carries the session's virtual node as ``last_node``
-    (SGLang's session keeps the turn's KV in its own slot, not in the tree): caching its chunk
-    snapshots the row and neither inserts nor reorders anything."""
+    (SGLang's session keeps the turn's KV in its own slot, not in the tree): caching it, a chunk or
+    the whole prompt, snapshots the row and neither inserts, locks, copies a window nor reorders."""
+    monkeypatch.setenv("SGLANG_OPT_UNIFIED_CACHE_FREE_OUT_OF_WINDOW_SLOTS", "1")
     earlier = _prefilled(tree, "p", list(range(100, 180)), max_new=4, first_chunk=40)
     tree.cache_unfinished_req(earlier)
-    before = (tree.full_evictable_size(), tree.swa_evictable_size(), tree.full_protected_size())
-    turn = _prefilled(tree, "s", list(range(300, 340)), max_new=4)
+    lru = tree.tree_core.lru_lists[ComponentType.SWA]
+
+    def order() -> list[int]:  # the SWA LRU, most recent first
+        node, ids = lru.head.lru_next[lru._pt], []
+        while node is not lru.tail:
+            ids.append(node.id)
+            node = node.lru_next[lru._pt]
+        return ids
+
+    before = (tree.full_evictable_size(), tree.swa_evictable_size(), tree.full_protected_size(), order())
+    assert before[3]
+    turn = _prefilled(tree, "s", list(range(300, 340)), max_new=400)  # decodes past the window: would own one
     turn.session, turn.last_node = Session(1 << 20, "s", streaming=True), _VirtualNode()
-    tree.cache_unfinished_req(turn, chunked=True)
-    assert (tree.full_evictable_size(), tree.swa_evictable_size(), tree.full_protected_size()) == before
-    assert torch.equal(turn.prefix_indices, tree.req_to_token_pool.req_to_token[turn.req_pool_idx, :40].long())
+    turn.cache_protected_len = 40
+    if not chunked:  # the session holds the turn's KV in its slot
+        tree.session.slots["s"] = SessionSlot()
+    tree.cache_unfinished_req(turn, chunked=chunked)
+    assert (tree.full_evictable_size(), tree.swa_evictable_size(), tree.full_protected_size(), order()) == before
+    assert not tree.owns_window(turn) and tree.private_windows == 0
+    if chunked:
+        assert torch.equal(turn.prefix_indices, tree.req_to_token_pool.req_to_token[turn.req_pool_idx, :40].long())
