@@ -2,8 +2,9 @@
 
 A GPU call may run 600 s and a server takes 2-5 minutes to start, so a benchmark runs one side (and
 possibly one context) per call and keeps what it measured in a partial file, carried from one call
-to the next as an untracked file. Once every side is in, the benchmark writes its JSON and the
-partial file is deleted. Both sides get the same flags but ours (:func:`side_flags`).
+to the next as an untracked file. Once every side is in, the benchmark writes its JSON and deletes
+the partial file (``capacity_decode.py`` keeps it: a later call may add a context to either side).
+Both sides get the same flags but ours (:func:`side_flags`).
 """
 
 from __future__ import annotations

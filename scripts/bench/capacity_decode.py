@@ -180,17 +180,31 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile_path: Pat
     return out
 
 
+def _devices(*entries: dict) -> list[str]:
+    """The devices that measured ``entries`` (an entry written by hand for a value that was not
+    measured has none)."""
+    return sorted({e["device"] for e in entries if e.get("device")})
+
+
+def _write(path: Path, out: dict) -> None:
+    """Write a result, keeping the note written into the file it replaces (provenance by hand)."""
+    if path.exists() and "note" in (old := json.loads(path.read_text())):
+        out["note"] = old["note"]
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
 def write_results(sides: dict, args: argparse.Namespace) -> None:
     """capacity.json and decode.json from every context both sides measured; the device is the
-    one that measured them (not the machine that merges)."""
+    one that measured them (not the machine that merges). An entry may say how it was obtained
+    (``measured``: e.g. an earlier session's call); its row shows it as ``<side>_measured``."""
     from redknot_sglang.heads.profile import HeadProfile
-
-    device = " + ".join(sorted({e["device"] for side in sides.values() for e in side["contexts"].values()}))
 
     profile = HeadProfile.load(args.profile_path)
     cap_rows, dec_rows = [], []
     measured = sorted(int(c) for c in sides["stock"]["contexts"]
                       if all("max_concurrent" in sides[x]["contexts"].get(c, {}) for x in ("stock", "redknot")))
+    entries = [sides[x]["contexts"][str(c)] for c in measured for x in ("stock", "redknot")]
+    device = " + ".join(_devices(*entries))
     for ctx in measured:
         s, r = sides["stock"]["contexts"][str(ctx)], sides["redknot"]["contexts"][str(ctx)]
         factor, ideal = r["max_concurrent"] / max(1, s["max_concurrent"]), profile.ideal_factor(ctx)
@@ -203,9 +217,11 @@ def write_results(sides: dict, args: argparse.Namespace) -> None:
             "redknot_max_total_tokens": r["max_total_num_tokens"],
             "measured_factor": round(factor, 3),
             "fraction_of_ideal": round(factor / ideal, 3),
+            "stock_decode_tok_s": s["decode_tok_s"],
+            "redknot_decode_tok_s": r["decode_tok_s"],
             "redknot_pool_stats": r.get("pool_stats"),
-            "devices": sorted({s["device"], r["device"]}),
-            **({"stock_measured": s["measured"]} if "measured" in s else {}),
+            "devices": _devices(s, r),
+            **{f"{x}_measured": e["measured"] for x, e in (("stock", s), ("redknot", r)) if "measured" in e},
         })
     ctx = min(c for c in measured if sides["stock"]["contexts"][str(c)]["decode_tok_s"])
     s_dec = sides["stock"]["contexts"][str(ctx)]["decode_tok_s"]
@@ -222,8 +238,8 @@ def write_results(sides: dict, args: argparse.Namespace) -> None:
         "startup_s": {side: {c: res["startup_s"] for c, res in sides[side]["contexts"].items()} for side in sides},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "capacity.json").write_text(json.dumps({**common, "results": cap_rows}, indent=2) + "\n")
-    (RESULTS / "decode.json").write_text(json.dumps({**common, "context_len": ctx, "results": dec_rows}, indent=2) + "\n")
+    _write(RESULTS / "capacity.json", {**common, "results": cap_rows})
+    _write(RESULTS / "decode.json", {**common, "context_len": ctx, "results": dec_rows})
     print(f"\ncapacity ({device}, mem fraction {args.mem_fraction_static})")
     print(f"{'context':>8} {'stock':>6} {'redknot':>8} {'factor':>7} {'ideal':>6} {'stock tok':>10} {'redknot tok':>12}")
     for row in cap_rows:
