@@ -66,6 +66,6 @@ def test_server_refuses_a_window_that_covers_the_context(smollm2, tmp_path, smol
 
 def test_server_refuses_features_the_head_split_does_not_support(smollm2):
     err = _launch_fails(smollm2, "--redknot-head-profile", "smollm2-135m-instruct", "--page-size", "16",
-                        "--max-total-tokens", "4096")
-    assert "redknot: a profile with local heads does not support --page-size > 1 yet" in err
+                        "--enable-streaming-session", "--max-total-tokens", "4096")
+    assert "redknot: a profile with local heads does not support --page-size > 1, --enable-streaming-session yet" in err
     assert "Traceback" not in err
