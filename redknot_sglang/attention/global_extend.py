@@ -18,6 +18,17 @@ per distinct ``(G, query heads per KV head)`` the first time a layer needs it::
 
 The new tokens' K/V are stored before attention runs, so one causal pass over the paged keys covers
 prefix and extend. FlashInfer is imported when the first object is built (GPU servers only).
+
+A plan writes its schedule into the wrapper's pinned host buffer and queues a copy from it to the
+device. The indptrs are host tensors here, so no plan synchronises with the device (stock's
+device indptrs make FlashInfer read them back, a full synchronisation per plan). With SGLang's
+overlap scheduler the next extend is planned while the device may still run the previous one, and
+a plan that rewrote the pinned buffer before the previous plan's copy ran handed that extend the new
+schedule: a CUDA error on an H200 (an illegal memory access in a 32K capacity fill, once admission
+cut chunks to sizes that differ from one extend to the next; an invalid address space in
+``test_a_plan_waits_for_the_previous_extends_copy_of_its_schedule``'s steps). So each wrapper's
+plan first waits for its previous plan's copy (an event recorded after that plan), not for the
+whole previous forward.
 """
 
 from __future__ import annotations
@@ -53,7 +64,8 @@ def indptr(lengths: list[int]) -> torch.Tensor:
 
 class FlashInferGlobalExtend:
     """Who owns what: the caller owns the KV buffers and ``req_to_token``; this object owns
-    FlashInfer's workspace, one wrapper per head configuration, and the page table of the current
+    FlashInfer's workspace, one wrapper per head configuration (with its pinned plan buffer, free
+    again once the event after its last plan has passed), and the page table of the current
     forward (valid from :meth:`begin` to the next :meth:`begin`)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
@@ -65,6 +77,7 @@ class FlashInferGlobalExtend:
         self._workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         self._wrappers: dict[tuple[int, int, float], Any] = {}
         self._planned: set[tuple[int, int, float]] = set()
+        self._plan_copied: dict[tuple[int, int, float], torch.cuda.Event] = {}  # recorded after each plan
         self._page: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
     def begin(self, req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor,
@@ -87,9 +100,12 @@ class FlashInferGlobalExtend:
             w = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(self._workspace, "NHD", backend="fa2")
             self._wrappers[key] = w
         if key not in self._planned:
+            copied = self._plan_copied.setdefault(key, torch.cuda.Event())
+            copied.synchronize()  # the previous plan's copy out of the pinned buffer has run (module docstring)
             qo, kv, indices, last_page_len = self._page
             w.plan(qo, kv, indices, last_page_len, num_kv_heads * group, num_kv_heads, head_dim, 1,
                    causal=True, sm_scale=scale, q_data_type=self.dtype, kv_data_type=self.dtype)
+            copied.record()
             self._planned.add(key)
         return w
 

@@ -39,3 +39,31 @@ def test_flashinfer_extend_matches_reference(seq, q_lens, kv_heads):
     ref = reference(case)
     assert not torch.isnan(out).any()
     assert float((out.double().cpu() - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.gpu
+def test_a_plan_waits_for_the_previous_extends_copy_of_its_schedule():
+    """SGLang's overlap scheduler plans the next extend while the device still runs the previous
+    one. Here the device is held up (a sleep kernel) so the first extend's schedule is still in the
+    wrapper's pinned buffer when the second, different batch is planned over the same wrapper: the
+    first extend must still attend with its own schedule. The first round's allocations synchronise
+    the device (the race shows from the second round on); without the wait these steps ended in a
+    CUDA error (invalid address space) on an H200."""
+    from redknot_sglang.attention.global_extend import FlashInferGlobalExtend
+
+    batches = [([32768, 9000, 700], [200, 1, 700]), ([8192], [2048])]
+    cases = [make_case(seq, q, window=[FULL_WINDOW] * 2, sink=[0] * 2, group=4, head_dim=128,
+                       dtype=torch.bfloat16, device="cuda", seed=i) for i, (seq, q) in enumerate(batches)]
+    bufs = [full_buffers(c, torch.bfloat16) for c in cases]
+    refs = [reference(c) for c in cases]
+    ext = FlashInferGlobalExtend(torch.device("cuda"), torch.bfloat16)
+    for _ in range(2):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(1_000_000_000)  # ~0.5 s of device time ahead of the first plan's copy
+        outs = []
+        for case, (k_buf, v_buf), (seq, q_lens) in zip(cases, bufs, batches):
+            ext.begin(case.req_to_token, case.rows, case.seq_lens, seq, q_lens)
+            outs.append(ext.run(case.q, k_buf, v_buf, case.scale))
+        torch.cuda.synchronize()
+        for ref, out in zip(refs, outs):
+            assert float((out.double().cpu() - ref).norm() / ref.norm()) < 1e-2
