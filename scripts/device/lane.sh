@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU lane, one step per argument, each step's results copied to $OUT:
 #   setup        install carried wheels + this project, unpack carried models (scripts/device/setup.sh)
-#   tests        pytest -m gpu, kernel tests only (no servers)
+#   tests        pytest -m gpu, kernel tests only (no servers); the whole output to $OUT/tests.txt
 #   e2e [EXPR]   GPU end-to-end equality tests (servers), pytest -k EXPR
 #   bench NAME   scripts/bench/NAME.py ARGS (decode_kernel, layer_decode, fidelity, reuse_frontier
 #                --side S), stopped after $LANE_SERVING_S (540) seconds; its JSON, plot, partial file and
@@ -26,7 +26,7 @@ for step in "$@"; do
   case $name in
     setup) bash scripts/device/setup.sh || rc=1
            nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;;
-    tests) python3 -m pytest -q -p no:cacheprovider -m "gpu and not server" tests 2>&1 | tail -15 || rc=1 ;;
+    tests) python3 -m pytest -q -p no:cacheprovider -m "gpu and not server" tests 2>&1 | tee "$OUT/tests.txt" | tail -15 || rc=1 ;;
     e2e) python3 -m pytest -q -s -p no:cacheprovider -m "gpu and server" ${1:+-k "$1"} --basetemp=/tmp/e2e tests 2>&1 \
            | grep -vE "^\s*$" | tee "$OUT/e2e.txt" | tail -40 || rc=1
          tar czf "$OUT/e2e_logs.tgz" -C /tmp e2e 2>/dev/null ;;
