@@ -152,13 +152,14 @@ class SegmentStore:
         return self._document(ns, tokens) is not None
 
     def gather(self, match: DocumentMatch) -> DocumentKV:
-        """The document's KV on the store's device (spilled nodes come back first)."""
+        """The document's KV on the store's device (spilled nodes come back first); a document of
+        one node gives the node's own tensors, to be read, not written."""
         self.lock(match)
         try:
             for node in match.nodes:
                 self._to_device(node)
             nodes = match.nodes
-            parts = {p: torch.cat([n.kv[p] for n in nodes if p in n.kv]) for p in _PARTS[:4]}
+            parts = {p: _joined([n.kv[p] for n in nodes if p in n.kv]) for p in _PARTS[:4]}
             return DocumentKV(**parts, k_tail=match.last.kv["k_tail"], v_tail=match.last.kv["v_tail"])
         finally:
             self.unlock(match)
@@ -294,7 +295,7 @@ class SegmentStore:
         self._account(node, -1)
         self.clock = max(self.clock, node.priority)
         del node.parent.children[node.tokens[0]]
-        node.parent = None
+        _release(node)
 
     def _nodes(self) -> list[_Node]:
         out, stack = [], [c for r in self._roots.values() for c in r.children.values()]
@@ -325,8 +326,11 @@ class SegmentStore:
 
     def clear(self) -> None:
         """Forget every document (SGLang's ``/flush_cache``); nothing may be locked."""
-        if any(n.lock for n in self._nodes()):
+        nodes = self._nodes()
+        if any(n.lock for n in nodes):
             raise RuntimeError("redknot: SegmentStore.clear while documents are in use")
+        for node in nodes:
+            _release(node)
         self._roots.clear()
         self.device_used = self.host_used = 0
 
@@ -351,6 +355,19 @@ class SegmentStore:
         return {"nodes": len(nodes), "documents": sum("k_tail" in n.kv for n in nodes),
                 "device_bytes": self.device_used, "host_bytes": self.host_used,
                 "spilled_nodes": sum(not n.on_device for n in nodes)}
+
+
+def _release(node: _Node) -> None:
+    """Give a dropped node's KV back at once: parent and children point at each other, so without
+    this the tensors wait for Python's cycle collector (device memory grew by the whole store on
+    every ``/flush_cache`` of a serving run until the GPU ran out)."""
+    node.kv = {}
+    node.children = {}
+    node.parent = None
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

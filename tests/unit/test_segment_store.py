@@ -3,6 +3,9 @@ isolation, reuse-frequency-aware eviction, spill to host and exact restore, lock
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -142,3 +145,18 @@ def test_bad_documents_get_clear_errors():
     with pytest.raises(StoreError, match="larger than the segment store"):
         s.insert(NS, big, doc_kv(big))
     assert s.stats()["nodes"] == 0
+
+
+def test_flushed_documents_free_their_kv_without_the_cycle_collector():
+    store = SegmentStore(LAYOUT, head_dim=D, dtype=torch.float32, device="cpu", device_bytes=1 << 20, host_bytes=0,
+                         max_document_tokens=64)
+    for tokens in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]):  # a shared beginning: parent and children nodes
+        store.insert(NS, tokens, doc_kv(tokens))
+    held = [weakref.ref(t) for node in store._nodes() for t in node.kv.values()]
+    assert len(store._nodes()) == 3 and held
+    gc.disable()  # as in a serving process between collections: nothing may wait for the collector
+    try:
+        store.clear()
+        assert all(r() is None for r in held)
+    finally:
+        gc.enable()
