@@ -326,22 +326,28 @@ def segpaged_decode(
     return o
 
 
+# queries of one request from which an extend takes 128-row tiles
+LONG_EXTEND = 1024
+
+
 def segpaged_extend(
     q: torch.Tensor, o: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor,
     k_sink: torch.Tensor, v_sink: torch.Tensor, req_to_token: torch.Tensor, full_to_swa: torch.Tensor | None,
     rows: torch.Tensor, seq_lens: torch.Tensor, q_starts: torch.Tensor, q_lens: torch.Tensor,
     max_q_len: int, window: torch.Tensor, sink: torch.Tensor, sm_scale: float,
-    q_positions: torch.Tensor | None = None,
+    q_positions: torch.Tensor | None = None, tile_rows: int | None = None,
 ) -> torch.Tensor:
     """``q_lens[b]`` queries per request at token offset ``q_starts[b]`` of ``q``/``o``, positions
     ``[seq_lens[b] - q_lens[b], seq_lens[b])``, or ``q_positions`` (int32 per query token,
     increasing within a request: a recompute set scattered over placed KV), each query attending
     causally *by position* to its request's keys; their K/V and every key they read must already
     be stored. Without ``full_to_swa``, ``k_win``/``v_win`` are indexed by the full slots of
-    ``req_to_token`` themselves (:func:`full_extend`)."""
+    ``req_to_token`` themselves (:func:`full_extend`). ``tile_rows``: (query, head) rows of a
+    program's tile, by default :func:`extend_tile_rows`."""
     group, head_dim, block_d = _common(q, k_win.shape[1])
     group_p = triton.next_power_of_2(group)
-    block_m = max(1, (64 if head_dim <= 64 else 32) // group_p)
+    rows_per_tile = tile_rows or extend_tile_rows(max_q_len, head_dim)
+    block_m = max(1, rows_per_tile // group_p)
     grid = (rows.shape[0], k_win.shape[1], triton.cdiv(max_q_len, block_m))
     mapped, scattered = full_to_swa is not None, q_positions is not None
     _extend[grid](
@@ -350,17 +356,26 @@ def segpaged_extend(
         q.stride(0), q.stride(1), o.stride(0), o.stride(1), k_win.stride(0), k_win.stride(1),
         k_sink.stride(0), k_sink.stride(1), k_sink.stride(2), req_to_token.stride(0),
         GROUP=group, GROUP_P=group_p, BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, HEAD_DIM=head_dim,
-        MAPPED=mapped, SCATTERED=scattered, num_warps=4, num_stages=2,
+        MAPPED=mapped, SCATTERED=scattered, num_warps=8 if block_m * group_p >= 128 else 4, num_stages=2,
     )
     return o
+
+
+def extend_tile_rows(max_q_len: int, head_dim: int) -> int:
+    """(query, head) rows of an extend program's tile: FlashAttention's 128 for long extends (a
+    document, a recompute set: each K/V tile is read by a quarter of the programs), fewer for short
+    ones (more programs to fill the SMs)."""
+    if max_q_len >= LONG_EXTEND:
+        return 128
+    return 64 if head_dim <= 64 else 32
 
 
 def full_extend(q: torch.Tensor, o: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                 req_to_token: torch.Tensor, rows: torch.Tensor, seq_lens: torch.Tensor, q_starts: torch.Tensor,
                 q_lens: torch.Tensor, max_q_len: int, window: torch.Tensor, sink: torch.Tensor, sm_scale: float,
-                q_positions: torch.Tensor | None = None) -> torch.Tensor:
+                q_positions: torch.Tensor | None = None, tile_rows: int | None = None) -> torch.Tensor:
     """Extend of heads that read every key (global heads) over the full slots of ``req_to_token``:
     :func:`segpaged_extend` with window :data:`FULL_WINDOW` and sink 0 (:func:`full_window`),
     unmapped; with ``q_positions``, the position-causal attention of a scattered recompute set."""
     return segpaged_extend(q, o, k_buf, v_buf, k_buf, v_buf, req_to_token, None, rows, seq_lens, q_starts, q_lens,
-                           max_q_len, window, sink, sm_scale, q_positions)
+                           max_q_len, window, sink, sm_scale, q_positions, tile_rows)

@@ -46,7 +46,7 @@ def test_torch_path_matches_reference(seed, decode):
     assert _rel_err(out, reference(case)) < 1e-6
 
 
-def _run_kernel(case, decode: bool, num_splits=None, tuning=None):
+def _run_kernel(case, decode: bool, num_splits=None, tuning=None, tile_rows=None):
     from redknot_sglang.kernels import segpaged
 
     out = torch.full_like(case.q, float("nan"))
@@ -59,7 +59,7 @@ def _run_kernel(case, decode: bool, num_splits=None, tuning=None):
         segpaged.segpaged_extend(
             case.q, out, case.k_win, case.v_win, case.k_sink, case.v_sink, case.req_to_token, case.full_to_swa,
             case.rows, case.seq_lens, case.q_starts, case.q_lens, int(case.q_lens.max()), case.window, case.sink,
-            case.scale,
+            case.scale, tile_rows=tile_rows,
         )
     return out
 
@@ -73,6 +73,8 @@ def test_triton_kernels_match_reference_small(seed, decode, group):
     seq, q_lens = _random_shape(random.Random(100 + seed), decode)
     case = make_case(seq, q_lens, **HEADS, group=group, head_dim=32, seed=seed, device="cuda" if CUDA else "cpu")
     assert _rel_err(_run_kernel(case, decode), reference(case)) < F32_TOL
+    if not decode:  # the long extends' 128-row tiles (queries spanning several key tiles' windows)
+        assert _rel_err(_run_kernel(case, decode, tile_rows=128), reference(case)) < F32_TOL
 
 
 def test_decode_splits_agree():
@@ -179,7 +181,7 @@ def _scattered(case, seed: int):
             torch.tensor(positions, dtype=torch.int32, device=dev), idx)
 
 
-def _extend_scattered(case, heads: str, seed: int):
+def _extend_scattered(case, heads: str, seed: int, tile_rows=None):
     """(kernel output, reference rows) for a scattered recompute set of ``case``."""
     from redknot_sglang.kernels import segpaged
 
@@ -188,9 +190,10 @@ def _extend_scattered(case, heads: str, seed: int):
     args = (case.rows, case.seq_lens, q_starts, q_lens, int(q_lens.max()), case.window, case.sink, case.scale)
     if heads == "local":
         segpaged.segpaged_extend(q, out, case.k_win, case.v_win, case.k_sink, case.v_sink, case.req_to_token,
-                                 case.full_to_swa, *args, q_positions=q_pos)
+                                 case.full_to_swa, *args, q_positions=q_pos, tile_rows=tile_rows)
     else:
-        segpaged.full_extend(q, out, *full_buffers(case), case.req_to_token, *args, q_positions=q_pos)
+        segpaged.full_extend(q, out, *full_buffers(case), case.req_to_token, *args, q_positions=q_pos,
+                             tile_rows=tile_rows)
     return out, reference(case)[idx]
 
 
@@ -207,6 +210,7 @@ def test_extend_at_scattered_positions_is_causal_by_position(seed, heads):
     shape = HEADS if heads == "local" else dict(window=[segpaged.FULL_WINDOW] * 3, sink=[0] * 3)
     case = make_case(seq, seq, **shape, group=2, head_dim=32, seed=seed, device=dev)
     assert _rel_err(*_extend_scattered(case, heads, seed)) < F32_TOL
+    assert _rel_err(*_extend_scattered(case, heads, seed, tile_rows=128)) < F32_TOL  # long extends' tiles
 
 
 @pytest.mark.gpu
