@@ -5,10 +5,11 @@ thread; GPU work is queued here and runs on the forward's stream):
 
 * scheduler side, called by :class:`~redknot_sglang.integration.head_split_cache.HeadSplitRadixCache`
   and the admission hooks: :meth:`place` gives an admitted request full slots for the cached
-  documents right after its exact prefix (:mod:`redknot_sglang.reuse.placement`) and makes them
-  part of its prefix, so SGLang computes only the rest; :meth:`cut_point` says where an admitted
-  extend stops; :meth:`rewrite_batch` turns a selective request's last extend into its recompute
-  set; :meth:`plan_batch` notes which tokens of an extend batch belong to documents the store
+  documents right after its exact prefix (a selective request's past gaps too:
+  :mod:`redknot_sglang.reuse.placement`) and makes them part of its prefix, so SGLang computes
+  only the rest; :meth:`cut_point` says where an admitted extend stops; :meth:`rewrite_batch`
+  turns the extend after a placement with gaps into one over the gaps and that extend, and a
+  selective request's last extend into its recompute set; :meth:`plan_batch` notes which tokens of an extend batch belong to documents the store
   does not have yet, and whose attention ranks the placed tokens.
 * forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
   queued placements into the pool and fills the recompute sets' tokens, positions and slots,
@@ -19,21 +20,26 @@ thread; GPU work is queued here and runs on the forward's stream):
 A marked request's mode is its ratio ``R`` (:class:`~redknot_sglang.reuse.placement.RequestDocuments`):
 0 places only; selective recompute (the default, the server's ``R > 0``) takes two extends::
 
-    prompt:        [ exact ][ A placed ][ B placed ][ question ... last ]
-    admission:               placed (window slots for every placed position, the store's
-                             local heads are whole)
-    extend 1:                                       [ question ... ]      cut one token short;
+    prompt:        [ exact ][ A placed ][ B new ][ C placed ][ question ... last ]
+    admission:               placed: every cached document within the round's gap budget
+                             (window slots for every position, the store's local heads are whole)
+    extend 1:                           [ B    ]            [ question ... ]     cut one token short;
+                             the gaps and SGLang's range at their positions, causal by position;
                              the question's rows (global heads) sum their attention per position
     extend 2:      SGLang schedules the last token; rewritten to the recompute set
                    (reuse/recompute.py) at its true positions: input ids, positions and slots
                    filled on the forward's stream, both kinds of heads on position-causal kernels
 
+A request one of whose documents a running request is capturing waits for that capture
+(:meth:`awaits_capture`) and then has it placed.
+
 Who owns which slots::
 
     req_to_token row:  [0, p)           [p, x)                          [x, seq)
-                       tree's (locked)  placed: the request's own       the request's own
-                                        full slot each; window slot     (SGLang's extend)
-                                        only for the last min(x-p, W)
+                       tree's (locked)  placed and gaps: the request's  the request's own
+                                        own full slot each; window      (SGLang's extend)
+                                        slot only for the last
+                                        min(x-p, W) (selective: all)
 
 A request with placed KV is *approximate*: its tokens never enter the radix tree (the cache frees
 ``[p, seq)`` at the end instead of inserting), so no other request takes placed KV, or KV computed
@@ -51,7 +57,7 @@ import torch
 
 from redknot_sglang.patches import compat
 from redknot_sglang.patches.compat import req_row
-from redknot_sglang.reuse.placement import Piece, RequestDocuments, plan_pieces, window_rows
+from redknot_sglang.reuse.placement import Piece, RequestDocuments, gap_ranges, plan_pieces, window_rows
 from redknot_sglang.reuse.recompute import RecomputeSet, attention_mass, pick, recompute_set
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
@@ -70,7 +76,7 @@ QUESTION_ROWS = 512
 
 @dataclasses.dataclass
 class _Placement:
-    slots: torch.Tensor  # full slots of the placed positions, in prompt order
+    slots: torch.Tensor  # full slots of positions [at, the last piece's end), gaps included, in prompt order
     pieces: list[Piece]
     keep: int  # the last `keep` positions have window slots
     at: int  # the prompt position of the first placed token (the prefix before placement)
@@ -80,6 +86,11 @@ class _Placement:
         """The first placed positions, which have no window slot."""
         return len(self.slots) - self.keep
 
+    @property
+    def placed(self) -> int:
+        """Positions whose KV comes from the store (the rest are gaps the next extend computes)."""
+        return sum(p.length for p in self.pieces)
+
 
 @dataclasses.dataclass
 class RequestReuse:
@@ -87,6 +98,7 @@ class RequestReuse:
 
     placed: int = 0  # placed (relocated) tokens in its prefix
     ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # placed prompt ranges
+    gaps: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # in its prefix, not yet computed
     mass: Optional[torch.Tensor] = None  # selective: attention the question paid each position
     selective: bool = False  # holds placed window slots until its recompute extend
     awaiting: bool = False  # selective: extend 1 was cut at ``cut``, extend 2 (from there) recomputes
@@ -130,14 +142,17 @@ class QuestionRows:
 
 @dataclasses.dataclass(frozen=True)
 class RecomputeRun:
-    """Tokens ``[batch_offset, batch_offset + set.size)`` of an extend batch are a selective
-    request's recompute set, picked by ``mass`` on the forward's stream; ``ids``: the prompt."""
+    """Tokens ``[batch_offset, batch_offset + set.size)`` of an extend batch sit at scattered
+    positions of one request: its recompute set, picked by ``mass`` on the forward's stream, or
+    (``ranges``, known here) the gaps of its placement and the extend after them; ``ids``: the
+    prompt."""
 
     batch_offset: int
     set: RecomputeSet
     req_row: int
     ids: torch.Tensor
     mass: torch.Tensor
+    ranges: Optional[list[tuple[int, int]]] = None
 
 
 @dataclasses.dataclass
@@ -174,8 +189,8 @@ class DocumentReuse:
         self._capturing: set[tuple[Namespace, tuple[int, ...]]] = set()
         self._next = ForwardPlan()  # scheduler side: filled until the next forward takes it
         self._now = ForwardPlan()  # forward side: the running forward's plan
-        self.stats = {"placed_requests": 0, "placed_tokens": 0, "recomputed_tokens": 0, "document_hits": 0,
-                      "captured_documents": 0, "store_errors": 0}
+        self.stats = {"placed_requests": 0, "placed_tokens": 0, "gap_tokens": 0, "recomputed_tokens": 0,
+                      "document_hits": 0, "captured_documents": 0, "store_errors": 0, "placement_misses": 0}
 
     def documents(self, req: Req) -> Optional[RequestDocuments]:
         """The request's marks and mode (None: unmarked)."""
@@ -194,10 +209,23 @@ class DocumentReuse:
         return state is not None and state.placed > 0
 
     # ------------------------------------------------------------------ scheduler side
-    def place(self, req: Req, tree: BasePrefixCache, *, next_chunk: bool = False) -> bool:
+    def awaits_capture(self, req: Req) -> bool:
+        """Whether a document the request marks is being captured by a running request: it then
+        waits for a later round, where the document is placed, rather than compute it again."""
+        if not self._capturing:
+            return False
+        docs = self.documents(req)
+        if docs is None:
+            return False
+        ns, ids = self.namespace(req), req.origin_input_ids
+        return any((ns, tuple(ids[s:e])) in self._capturing for s, e in docs.spans)
+
+    def place(self, req: Req, tree: BasePrefixCache, *, next_chunk: bool = False, gap_budget: int = 0) -> bool:
         """Before admission (or before the next chunk of a chunked request): replace the cached
-        documents right after the request's prefix by placed KV (its prefix grows by them).
-        Undone by :meth:`unplace` if the request is not admitted."""
+        documents right after the request's prefix by placed KV (its prefix grows by them); a
+        selective request's run goes on past gaps of up to ``gap_budget`` tokens in all, which
+        its next extend computes (:meth:`rewrite_batch`). Undone by :meth:`unplace` if the
+        request is not admitted."""
         if not next_chunk:
             self._requests.pop(req.rid, None)  # a new admission (or one after a retraction)
         docs = self.documents(req)
@@ -206,21 +234,24 @@ class DocumentReuse:
             return False
         fill = req.full_untruncated_fill_ids
         ns = self.namespace(req)
-        pieces = plan_pieces(docs.spans, exact, len(fill), lambda s, e: self.store.match(ns, fill[s:e]))
+        pieces = plan_pieces(docs.spans, exact, len(fill), lambda s, e: self.store.match(ns, fill[s:e]),
+                             gap_budget=gap_budget if docs.selective else 0)
         if not pieces:
             return False
-        n = sum(p.length for p in pieces)
+        n = pieces[-1].end - exact
         keep = n if docs.selective else min(n, self.window)
         slots = self._alloc(n, keep, req, tree)
         if slots is None:
+            self.stats["placement_misses"] += 1
             return False
         for p in pieces:
             self.store.lock(p.match)
-        self._placed[req.rid] = _Placement(slots, pieces, keep, exact)
+        pl = self._placed[req.rid] = _Placement(slots, pieces, keep, exact)
         compat.grow_prefix(req, slots, self.req_to_token)
         state = self._requests.setdefault(req.rid, RequestReuse())
-        state.placed += n
-        state.ranges.append((exact, exact + n))
+        state.placed += pl.placed
+        state.ranges += [(p.start, p.end) for p in pieces]
+        state.gaps = gap_ranges(pieces, exact)
         state.selective = docs.selective
         return True
 
@@ -238,14 +269,14 @@ class DocumentReuse:
 
     def unplace(self, req: Req) -> None:
         pl = self._placed.pop(req.rid)
-        n = len(pl.slots)
         compat.free_placed(self.allocator, pl.slots, pl.windowless)
         for p in pl.pieces:
             self.store.unlock(p.match)
-        compat.shrink_prefix(req, n)
+        compat.shrink_prefix(req, len(pl.slots))
         state = self._requests[req.rid]
-        state.placed -= n
-        state.ranges.pop()
+        state.placed -= pl.placed
+        del state.ranges[len(state.ranges) - len(pl.pieces):]
+        state.gaps = []
         if state.placed == 0:
             del self._requests[req.rid]
 
@@ -284,30 +315,46 @@ class DocumentReuse:
         return state is not None and state.selective
 
     def rewrite_batch(self, batch: ScheduleBatch) -> None:
-        """After SGLang prepared an extend batch: a selective request whose extend is the rest of
-        its prompt after its cut extends its recompute set instead, which ends with that rest
-        (unmarked text, so its prompt logprobs keep their place at the end). The set's size is
-        known here; which placed tokens it holds is picked on the forward's stream
-        (:meth:`fill_recomputes`), so the batch gets placeholders of that size."""
+        """After SGLang prepared an extend batch, two kinds of a request's extend run at scattered
+        positions (causal by position): the first extend after a placement with gaps computes the
+        gaps and then SGLang's range (token ids, positions and slots known here); a selective
+        request whose extend is the rest of its prompt after its cut extends its recompute set
+        instead, which ends with that rest (unmarked text, so its prompt logprobs keep their place
+        at the end), its placed tokens picked on the forward's stream (:meth:`fill_recomputes`).
+        The batch gets placeholders of each run's size."""
         before = list(batch.extend_lens)
         runs, offset = [], 0
         for i, req in enumerate(batch.reqs):
             state = self._requests.get(req.rid)
-            seq = batch.prefix_lens[i] + before[i]
-            if (state is not None and state.awaiting and batch.prefix_lens[i] == state.cut
-                    and seq == len(req.origin_input_ids) and batch.prefill_input_ids_cpu is not None):
+            pre = batch.prefix_lens[i]
+            seq = pre + before[i]
+            rs = ranges = None
+            if state is not None and state.gaps and batch.prefill_input_ids_cpu is not None:
+                ranges, state.gaps = [*state.gaps, (pre, seq)], []
+                fixed = torch.cat([torch.arange(a, b) for a, b in ranges])
+                rs = RecomputeSet(fixed, torch.zeros(0, dtype=torch.bool), 0)
+                if not req.retracted_stain:  # SGLang counted the gaps in the prefix as cached
+                    req.cached_tokens -= len(fixed) - before[i]
+                self.stats["gap_tokens"] += len(fixed) - before[i]
+            elif (state is not None and state.awaiting and pre == state.cut and seq == len(req.origin_input_ids)
+                  and batch.prefill_input_ids_cpu is not None):
                 docs = self.documents(req)
                 rs = recompute_set(docs.spans, state.ranges, seq, docs.ratio)
+                state.awaiting, state.selective = False, False
+                self.stats["recomputed_tokens"] += rs.size
+            if rs is not None:
                 dev = self.pool.device
-                rs = RecomputeSet(rs.fixed.to(dev), rs.candidates.to(dev), rs.picks)
                 ids = torch.tensor(req.origin_input_ids, dtype=batch.prefill_input_ids_cpu.dtype, device=dev)
-                mass = state.mass if state.mass is not None else torch.zeros(seq, device=dev)
-                runs.append(RecomputeRun(offset, rs, req_row(req), ids, mass))
+                if ranges is not None:  # nothing to pick
+                    mass = torch.empty(0, device=dev)
+                else:
+                    mass = state.mass if state.mass is not None else torch.zeros(seq, device=dev)
+                    state.mass = None
+                rs = RecomputeSet(rs.fixed.to(dev), rs.candidates.to(dev), rs.picks)
+                runs.append(RecomputeRun(offset, rs, req_row(req), ids, mass, ranges))
                 batch.extend_lens[i], batch.prefix_lens[i] = rs.size, seq - rs.size
                 compat.set_extend_range(req, seq - rs.size, seq)  # what SGLang's logprob output reads
                 batch.extend_logprob_start_lens[i] += rs.size - before[i]
-                state.awaiting, state.selective, state.mass = False, False, None
-                self.stats["recomputed_tokens"] += rs.size
             offset += batch.extend_lens[i]
         if not runs:
             return
@@ -358,27 +405,35 @@ class DocumentReuse:
     def plan_batch(self, batch: ScheduleBatch) -> None:
         """After an extend batch has its slots (and :meth:`rewrite_batch`): which of its tokens
         belong to documents to capture (entries ``(capture, batch token offset, document offset,
-        tokens)``), and which are a selective request's question, cut one token short."""
-        recomputed = {r.batch_offset for r in self._next.recomputes}
+        tokens)``), and which are a selective request's question, cut one token short. A request's
+        tokens are its extend's range, or the ranges of its gap run in prompt order; a recompute
+        set has neither."""
+        runs_at = {r.batch_offset: r for r in self._next.recomputes}
         runs, questions, offset = [], [], 0
         for req, pre, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens):
-            if offset in recomputed:
+            run = runs_at.get(offset)
+            if run is not None and run.ranges is None:
                 offset += ext
                 continue
+            ranges = run.ranges if run is not None else [(pre, pre + ext)]
             state = self._requests.get(req.rid)
-            if state is not None and state.awaiting and pre + ext == state.cut:
+            last, end = ranges[-1]
+            if state is not None and state.awaiting and end == state.cut:
                 # the question: the text after the last document, its last QUESTION_ROWS tokens
-                first = max(pre, self.documents(req).spans[-1][1], pre + ext - QUESTION_ROWS)
+                first = max(last, self.documents(req).spans[-1][1], end - QUESTION_ROWS)
                 state.mass = torch.zeros(len(req.origin_input_ids), device=self.pool.device)
-                questions.append(QuestionRows(offset + first - pre, pre + ext - first, first, req_row(req),
-                                              pre + ext, state.mass))
+                questions.append(QuestionRows(offset + ext - (end - first), end - first, first, req_row(req), end,
+                                              state.mass))
             caps = self._captures.get(req.rid)
             if caps is None:
-                caps = self._captures[req.rid] = self._new_captures(req, pre)
-            for cap in caps:
-                a, b = max(cap.span[0], pre), min(cap.span[1], pre + ext)
-                if a < b:
-                    runs.append(CaptureRun(cap, offset + a - pre, a - cap.span[0], b - a))
+                caps = self._captures[req.rid] = self._new_captures(req, ranges[0][0])
+            done = offset
+            for a, b in ranges:
+                for cap in caps:
+                    x, y = max(cap.span[0], a), min(cap.span[1], b)
+                    if x < y:
+                        runs.append(CaptureRun(cap, done + x - a, x - cap.span[0], y - x))
+                done += b - a
             offset += ext
         self._next.captures = runs
         self._next.questions = questions
@@ -464,33 +519,33 @@ class DocumentReuse:
         return out
 
     def _write(self, pl: _Placement) -> None:
+        """Write the placement's pieces one document at a time (a document's KV is gathered on
+        the device once, its turned copies live only while it is written)."""
         pool, dt = self.pool, self.pool.dtype
-        kvs, start = [], 0
-        for p in pl.pieces:
+        windows: dict[int, list[tuple[int, int, int]]] = {}
+        for i, at, row, n in window_rows(pl.pieces, pl.at, pl.keep, self.store.tail):
+            windows.setdefault(i, []).append((at, row, n))
+        for i, p in enumerate(pl.pieces):
             kv = self.store.gather(p.match)
-            kvs.append(kv)
-            slots = pl.slots[start : start + p.length]
+            slots = pl.slots[p.start - pl.at : p.end - pl.at]
             k = self._turn(kv.k_global[p.doc_from : p.doc_from + p.length], p.delta)
             v = kv.v_global[p.doc_from : p.doc_from + p.length]
             for layer in range(len(pool.full_kv_pool.k)):
                 c = self.cols.global_cols(layer)
                 pool.full_kv_pool.k[layer][slots] = k[:, c].to(dt)
                 pool.full_kv_pool.v[layer][slots] = v[:, c].to(dt)
-            start += p.length
-        ends = torch.cumsum(torch.tensor([p.length for p in pl.pieces]), 0).tolist()
-        for i, row, n in window_rows(pl.pieces, pl.keep, self.store.tail):
-            p, kv = pl.pieces[i], kvs[i]
-            win = pool.full_to_swa_index_mapping[pl.slots[ends[i] - n : ends[i]]]
-            k = self._turn(kv.k_tail[row : row + n], p.delta)
-            v = kv.v_tail[row : row + n]
-            for layer in range(len(pool.swa_kv_pool.k)):
-                c = self.cols.local_cols(layer)
-                pool.swa_kv_pool.k[layer][win] = k[:, c].to(dt)
-                pool.swa_kv_pool.v[layer][win] = v[:, c].to(dt)
+            for at, row, n in windows.get(i, ()):
+                win = pool.full_to_swa_index_mapping[pl.slots[at : at + n]]
+                k = self._turn(kv.k_tail[row : row + n], p.delta)
+                v = kv.v_tail[row : row + n]
+                for layer in range(len(pool.swa_kv_pool.k)):
+                    c = self.cols.local_cols(layer)
+                    pool.swa_kv_pool.k[layer][win] = k[:, c].to(dt)
+                    pool.swa_kv_pool.v[layer][win] = v[:, c].to(dt)
         for p in pl.pieces:
             self.store.unlock(p.match)
         self.stats["placed_requests"] += 1
-        self.stats["placed_tokens"] += len(pl.slots)
+        self.stats["placed_tokens"] += pl.placed
         self.stats["document_hits"] += len(pl.pieces)
 
     def capture(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:

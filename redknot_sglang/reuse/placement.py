@@ -1,7 +1,7 @@
 """Which cached documents a request can take instead of computing them: index math only.
 
 SGLang computes one contiguous range of a request, ``[prefix_len, seq_len)``. So placed documents
-must follow the exact prefix (what the radix tree matched) without a gap::
+of a place-only request must follow the exact prefix (what the radix tree matched) without a gap::
 
     prompt:  [ exact prefix (tree) ][ doc A ][ doc B ] text [ doc C ][ query ]
     placed:                    p -> [  A   ][  B   ]
@@ -13,8 +13,19 @@ The run starts in the document that holds position ``p`` (the tree may have matc
 goes on while the next document starts where the previous one ends and is cached. A document
 that ends the prompt is never placed (the last token must be computed to sample from). The
 admission hook cuts a request's extend where a later cached run starts, so that run is planned
-here again before the next chunk. Selective recompute then recomputes some placed tokens at their
-true positions (:mod:`redknot_sglang.reuse.recompute`); which tokens is not decided here.
+here again before the next chunk.
+
+A selective request (``gap_budget`` > 0) places past computed text: every cached document up to
+the last one whose gaps (uncached documents, text between documents) fit the budget. Its next
+extend computes the gaps and the rest at their true positions, causal by position (one scattered
+extend, :meth:`~redknot_sglang.integration.document_reuse.DocumentReuse.rewrite_batch`)::
+
+    prompt:  [ exact prefix (tree) ][ doc A ][ doc B new ] text [ doc C ][ query ]
+    placed:                    p -> [  A   ]                    [  C   ]
+    computed in one extend:                 [  gap: B + text   ]        [ query ... ]
+
+Selective recompute then recomputes some placed tokens at their true positions
+(:mod:`redknot_sglang.reuse.recompute`); which tokens is not decided here.
 """
 
 from __future__ import annotations
@@ -67,39 +78,70 @@ class Piece:
         return self.span[0]
 
     @property
+    def start(self) -> int:
+        """The prompt position of the piece's first token."""
+        return self.span[0] + self.doc_from
+
+    @property
+    def end(self) -> int:
+        return self.span[1]
+
+    @property
     def doc_len(self) -> int:
         return self.span[1] - self.span[0]
 
 
 def plan_pieces(spans: Sequence[tuple[int, int]], exact_len: int, prompt_len: int,
-                lookup: Callable[[int, int], Any]) -> list[Piece]:
+                lookup: Callable[[int, int], Any], *, gap_budget: int = 0) -> list[Piece]:
     """The documents to place after an exact prefix of ``exact_len`` tokens (see the module
-    docstring); ``lookup(start, end)`` gives the store's match of a prompt range or None."""
+    docstring); ``lookup(start, end)`` gives the store's match of a prompt range or None. With
+    ``gap_budget`` > 0 the run goes on past gaps while they add up to at most that many tokens."""
     pieces: list[Piece] = []
-    pos = exact_len
+    pos, gaps = exact_len, 0
     for s, e in spans:
         if e <= pos:
             continue
-        if s > pos or e >= prompt_len:  # a gap before it, or it ends the prompt
+        if e >= prompt_len:  # it ends the prompt
+            break
+        gap = max(0, s - pos)
+        if gap and (not gap_budget or gaps + gap > gap_budget):
             break
         match = lookup(s, e)
         if match is None:
-            break
-        pieces.append(Piece(span=(s, e), match=match, doc_from=pos - s, length=e - pos))
+            if not gap_budget:
+                break
+            continue  # computed: part of the gap before the next cached document
+        gaps += gap
+        start = max(s, pos)
+        pieces.append(Piece(span=(s, e), match=match, doc_from=start - s, length=e - start))
         pos = e
     return pieces
 
 
-def window_rows(pieces: Sequence[Piece], keep: int, tail: int) -> list[tuple[int, int, int]]:
-    """Where the last ``keep`` placed positions, those whose local heads' KV is written, come
-    from: ``(piece index, first tail row, rows)``, last piece first. A document's tail holds its
-    last ``min(doc_len, tail)`` positions, and every piece ends at its document's end."""
+def gap_ranges(pieces: Sequence[Piece], at: int) -> list[tuple[int, int]]:
+    """The prompt ranges between ``at`` (the exact prefix) and the last piece's end that no piece
+    covers: computed by the request's next extend."""
+    out, pos = [], at
+    for p in pieces:
+        if p.start > pos:
+            out.append((pos, p.start))
+        pos = p.end
+    return out
+
+
+def window_rows(pieces: Sequence[Piece], at: int, keep: int, tail: int) -> list[tuple[int, int, int, int]]:
+    """Where the local heads' KV of the placed positions among the last ``keep`` of ``[at, last
+    piece's end)`` (those with a window slot) comes from: ``(piece index, slot offset from at, first
+    tail row, rows)``. A document's tail holds its last ``min(doc_len, tail)`` positions; every
+    piece ends at its document's end."""
     out = []
-    for i in range(len(pieces) - 1, -1, -1):
-        if keep <= 0:
-            break
-        p = pieces[i]
-        n = min(keep, p.length)
-        out.append((i, min(p.doc_len, tail) - n, n))
-        keep -= n
+    first = pieces[-1].end - keep
+    for i, p in enumerate(pieces):
+        a = max(p.start, first)
+        if a >= p.end:
+            continue
+        row = (a - p.span[0]) - (p.doc_len - min(p.doc_len, tail))
+        if row < 0:
+            raise ValueError(f"placed position {a} is not in its document's tail of {tail} positions")
+        out.append((i, a - at, row, p.end - a))
     return out

@@ -145,6 +145,30 @@ def test_selective_recompute_of_every_placed_token_answers_as_the_full_prefill(s
     assert_all_slots_back(server.redknot_stats())
 
 
+def test_a_selective_request_computes_the_gap_before_a_placed_document_in_one_extend(server):
+    q5, q6 = ([base + i for i in range(12)] for base in (1100, 1300))
+    new, old = ([rng.randrange(100, 40000) for _ in range(n)] for n in (70, 100))  # a gap within the 128-token chunk
+    generate(server, body([D1], marks=False, question=q5))  # the system prompt is in the tree
+    assert server.post("/redknot/documents", {"documents": [{"input_ids": old}]}).status_code == 200
+    before = server.redknot_stats()["documents"]
+    every, cached = generate(server, body([new, old], ratio=1.0, question=q6))
+    after = server.redknot_stats()["documents"]
+    # `old` placed after the uncached `new`, which the next extend computed with the question at
+    # their positions (counted as gap tokens, not as cached ones); then `old` and the question recomputed
+    assert cached == len(SYS) + len(old)
+    assert after["placed_tokens"] - before["placed_tokens"] == len(old)
+    assert after["gap_tokens"] - before["gap_tokens"] == len(new)
+    assert after["recomputed_tokens"] - before["recomputed_tokens"] == len(old) + len(q6)
+    # `new` computed right after the exact prefix is exact, the rest recomputed: the full prefill's answer
+    plain, _ = generate(server, body([new, old], marks=False, question=q6))
+    assert every == plain
+    # `new` was captured from the gap at its prompt offset: a later request places both
+    assert after["captured_documents"] == before["captured_documents"] + 1
+    generate(server, body([old, new], recovery=False, question=q5))
+    assert server.redknot_stats()["documents"]["placed_tokens"] - after["placed_tokens"] == len(old) + len(new)
+    assert_all_slots_back(server.redknot_stats())
+
+
 def test_documents_are_not_shared_across_tenants_and_bad_flags_get_400(server):
     generate(server, body([D1, D2], salt="tenant-a"))  # its own capture: no document is placed
     placed = server.redknot_stats()["documents"]["placed_tokens"]

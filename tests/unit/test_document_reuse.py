@@ -175,3 +175,20 @@ def test_extends_are_cut_at_the_first_document_and_before_a_cached_one(setup):
     early = Req("early", "", ids, SamplingParams(max_new_tokens=4, custom_params={DOCUMENTS_KEY: [1, 14, 14, 26],
                                                                                   RECOVERY_KEY: False}))
     assert s.reuse.cut_point(early, 0, len(ids)) == 14  # a first document inside the sink: no exact prefix there
+
+
+def test_a_request_waits_for_a_running_capture_of_its_document(setup):
+    s = setup
+    s.store.clear()
+    capturing = _request(s, "f")
+    _set_prefix(capturing, torch.empty(0, dtype=torch.int64))  # computes DOC, which the store lacks
+    n = len(PREFIX + DOC + QUERY)
+    s.reuse.plan_batch(types.SimpleNamespace(reqs=[capturing], prefix_lens=[0], extend_lens=[n]))
+    waiting, other = _request(s, "g"), _request(s, "h", salt="tenant-h")
+    assert s.reuse.awaits_capture(waiting)  # DOC is being captured: placed in a later round
+    assert not s.reuse.awaits_capture(other)  # another tenant's namespace: computes its own
+    s.reuse.begin_forward(is_extend=True)
+    for layer in range(2):
+        s.reuse.capture(layer, torch.randn(n, HKV, D), torch.randn(n, HKV, D))
+    assert not s.reuse.awaits_capture(waiting) and s.reuse.place(waiting, tree=None)  # captured: placed
+    s.reuse.release(capturing)

@@ -6,18 +6,24 @@ documents right after its prefix (:meth:`DocumentReuse.place`): its prefix grows
 shrinks, and SGLang's budget sees the placed slots as already taken (they are allocated). If the
 request is not admitted, the placement is undone, so a waiting request holds nothing.
 
-A cached document may also follow computed text: the admitted extend is then cut where it starts
-(:meth:`DocumentReuse.cut_point`), which makes the request a chunked one, and the next chunk's
-admission places the run; so is the extend of a request that computes its system prompt (cut at
+A request whose document another running request is capturing waits (admission stops there for
+this round, as SGLang stops it when a request does not fit) and gets the document placed in a
+later round instead of computing it again. A cached document may also follow computed text: the
+admitted extend is then cut where it starts (:meth:`DocumentReuse.cut_point`), which makes the
+request a chunked one, and the next chunk's admission places the run; so is the extend of a request that computes its system prompt (cut at
 its first document: the prompt's chunk keeps a window, the exact prefix of later requests); a
-selective request's last extend is cut one token short, and its last token's round recomputes
-(:meth:`DocumentReuse.rewrite_batch`)::
+selective request places past computed text (gaps within the round's chunk budget, computed by
+its next extend at their positions), its last extend is cut one token short, and its last token's
+round recomputes (:meth:`DocumentReuse.rewrite_batch`)::
 
     prompt:   [ sys ][ A cached ][ B new ][ C cached ][ D cached ][ query    ]
     round 0:  computed | cut                                          (sys not in the tree yet)
+    place only:
     round 1:         placed       computed | cut
-    round 2:                                 placed     placed      computed | cut (selective)
-    round 3:                                                                  last token -> recompute set
+    round 2:                                 placed     placed      computed
+    selective:
+    round 1:         placed       computed   placed     placed      computed | cut
+    round 2:                                                                  last token -> recompute set
 """
 
 from __future__ import annotations
@@ -50,12 +56,23 @@ def _cut(adder: PrefillAdder, reuse: DocumentReuse, req: Req) -> bool:
     return True
 
 
+def _gap_budget(adder: PrefillAdder) -> int:
+    """Tokens a selective request's placement may leave between its placed documents, which its
+    next extend computes besides SGLang's range: what this round may still compute."""
+    budget = adder.rem_chunk_tokens if adder.rem_chunk_tokens is not None else adder.rem_input_tokens
+    return max(0, budget)
+
+
 def place_documents(original: Callable[..., Any], adder: PrefillAdder, req: Req, has_chunked_req: bool,
                     *args: Any, **kwargs: Any) -> Any:
     reuse = getattr(adder.tree_cache, "document_reuse", None)
     if reuse is None:
         return original(adder, req, has_chunked_req, *args, **kwargs)
-    placed = reuse.place(req, adder.tree_cache)
+    if reuse.awaits_capture(req):
+        from sglang.srt.managers.schedule_policy import AddReqResult
+
+        return AddReqResult.OTHER  # SGLang's answer for "not this round": admission stops here
+    placed = reuse.place(req, adder.tree_cache, gap_budget=_gap_budget(adder))
     result = original(adder, req, has_chunked_req, *args, **kwargs)
     if req not in adder.can_run_list:
         if placed:
@@ -74,7 +91,7 @@ def place_chunk(original: Callable[..., Any], adder: PrefillAdder, req: Req, *ar
     reuse = getattr(adder.tree_cache, "document_reuse", None)
     if reuse is None:
         return original(adder, req, *args, **kwargs)
-    placed = reuse.place(req, adder.tree_cache, next_chunk=True)
+    placed = reuse.place(req, adder.tree_cache, next_chunk=True, gap_budget=_gap_budget(adder))
     result = original(adder, req, *args, **kwargs)
     if req not in adder.can_run_list:  # no room for its next chunk this round
         if placed:

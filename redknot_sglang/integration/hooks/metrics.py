@@ -24,6 +24,8 @@ GAUGES = {
     "document_hits": "cached documents placed into requests so far",
     "placed_requests": "requests that got documents placed so far",
     "placed_tokens": "document tokens placed (not computed) so far",
+    "gap_tokens": "tokens between placed documents computed in the extend after their placement so far",
+    "placement_misses": "placements given up for lack of free KV slots so far",
     "recomputed_tokens": "tokens recomputed by selective recompute so far",
 }
 _gauges: dict[str, Any] = {}
