@@ -36,6 +36,9 @@ from redknot_sglang.testing.rag import documents, reuse_counters, ttft, workload
 from redknot_sglang.testing.server import Server
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+# the redknot server's reuse counters each row reports (tokens placed, computed between placed
+# documents, recomputed; placements given up for lack of KV slots)
+COUNTERS = ("placed_tokens", "gap_tokens", "recomputed_tokens", "placement_misses")
 
 
 def p50(times: list[float]) -> float:
@@ -46,7 +49,9 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
     flags = side_flags(side, context_len=args.context, cpu_smoke=args.cpu_smoke,
                        mem_fraction_static=args.mem_fraction_static, profile=profile)
     if side == "redknot":
-        flags += ["--redknot-segment-store-gb", str(args.segment_store_gb)]
+        flags += ["--redknot-segment-store-gb", str(args.segment_store_gb),
+                  "--redknot-segment-host-gb", str(args.segment_host_gb),
+                  "--redknot-window-pool-ratio", str(args.window_pool_ratio)]
     if side == "redknot" and args.fast_start:
         flags += ["--redknot-base-backend", "triton", "--disable-cuda-graph"]
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
@@ -73,8 +78,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
             warm_times = [ttft(server.url, q, args.max_new, custom) for q in warm]
             after = reuse_counters(server.url)
             row = {"warm_c1_ttft_p50_s": p50(warm_times),
-                   **{f"warm_{k}": after[k] - before.get(k, 0) for k in ("placed_tokens", "recomputed_tokens")
-                      if k in after}}
+                   **{f"warm_{k}": after[k] - before.get(k, 0) for k in COUNTERS if k in after}}
             if mode not in args.warm_only_modes:
                 requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
                 c0, t0 = reuse_counters(server.url), time.perf_counter()
@@ -82,7 +86,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
                     cold_times = list(ex.map(lambda q: ttft(server.url, q, args.max_new, custom), cold))
                 wall, counters = round(time.perf_counter() - t0, 2), reuse_counters(server.url)
                 row.update(cold_c4_ttft_p50_s=p50(cold_times), cold_wall_s=wall,
-                           **{f"cold_{k}": counters[k] - c0[k] for k in ("placed_tokens", "recomputed_tokens") if k in counters})
+                           **{f"cold_{k}": counters[k] - c0.get(k, 0) for k in COUNTERS if k in counters})
             out["results"][mode] = {**row, "flags": flags}  # calls may differ (--fast-start)
             partial.save(side, out)
             print(f"[{side} {mode}] {row}", flush=True)
@@ -126,6 +130,7 @@ def write(sides: dict, args: argparse.Namespace, results: Path, model: Path) -> 
            "workload": {k: getattr(args, k) for k in ("context", "k", "sys_len", "q_len", "pool", "warm_requests",
                                                        "cold_requests", "reuse_rate", "concurrency", "max_new")},
            "stock": stock, "flags": {k: v["flags"] for k, v in sides.items()}, "results": rows,
+           "notes": args.note,
            "sides": sides}  # what each side measured: --resume starts from it
     (results / "reuse_frontier.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nstock: warm c1 p50 {stock['warm_c1_ttft_p50_s']:.3f} s, cold c{args.concurrency} p50 "
@@ -168,7 +173,7 @@ def main() -> None:
     ap.add_argument("--side", choices=("both", "none", *SIDES), default="both",
                     help="none: measure nothing, write the JSON from the sides measured before")
     ap.add_argument("--context", type=int, default=32768 - 2048)
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.1, 0.2])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.0, 0.2, 0.05, 0.4])
     ap.add_argument("--default-ratio", type=float, default=0.1)
     ap.add_argument("--warm-only-modes", nargs="*", default=["full"], help="modes measured warm only")
     ap.add_argument("--k", type=int, default=10, help="documents per prompt")
@@ -181,8 +186,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-new", type=int, default=1)
     ap.add_argument("--mem-fraction-static", type=float, default=0.35)
-    ap.add_argument("--segment-store-gb", type=float, default=24.0, help="redknot side's document store (GPU)")
+    ap.add_argument("--segment-store-gb", type=float, default=64.0,
+                    help="redknot side's document store on the GPU (the cold run's ~240 documents of 393 MB, local "
+                    "heads whole for selective recompute, fit with --segment-host-gb)")
+    ap.add_argument("--segment-host-gb", type=float, default=32.0, help="redknot side's store spill tier (host)")
+    ap.add_argument("--window-pool-ratio", type=float, default=0.25,
+                    help="redknot side: window slots per full slot, room for 5 prompts' placed documents at once "
+                    "(a selective request holds a window slot for every placed position until its recompute)")
     ap.add_argument("--fidelity", type=Path, default=RESULTS / "fidelity.json")
+    ap.add_argument("--note", action="append", default=[], help="a line of provenance for the JSON (repeatable)")
     ap.add_argument("--log-dir", default="/tmp")
     ap.add_argument("--partial", type=Path, help="the sides file (default: _partial_reuse_frontier.json next to the "
                     "results; on the device a path under $OUT comes back even if the call is cut)")
