@@ -329,7 +329,7 @@ class DocumentReuse:
             pre = batch.prefix_lens[i]
             seq = pre + before[i]
             rs = ranges = None
-            if state is not None and state.gaps and batch.prefill_input_ids_cpu is not None:
+            if state is not None and state.gaps:  # its prefix holds slots it must compute now
                 ranges, state.gaps = [*state.gaps, (pre, seq)], []
                 fixed = torch.cat([torch.arange(a, b) for a, b in ranges])
                 rs = RecomputeSet(fixed, torch.zeros(0, dtype=torch.bool), 0)
