@@ -16,6 +16,11 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# an earlier call's servers (a benchmark stopped by its limit leaves its server, which runs in a
+# session of its own) would hold the GPU's memory on a warm machine: the launcher and its renamed
+# children (their command lines start with "sglang::")
+pkill -9 -f '^[^ ]*python[0-9.]* -m sglang[.]launch_server' 2>/dev/null
+pkill -9 -f '^sglang::' 2>/dev/null
 t_start=$(date +%s)
 stamp() { echo "[lane +$(( $(date +%s) - t_start ))s] $*"; }
 rc=0
