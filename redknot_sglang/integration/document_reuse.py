@@ -9,8 +9,9 @@ thread; GPU work is queued here and runs on the forward's stream):
   :mod:`redknot_sglang.reuse.placement`) and makes them part of its prefix, so SGLang computes
   only the rest; :meth:`cut_point` says where an admitted extend stops; :meth:`rewrite_batch`
   turns the extend after a placement with gaps into one over the gaps and that extend, and a
-  selective request's last extend into its recompute set; :meth:`plan_batch` notes which tokens of an extend batch belong to documents the store
-  does not have yet, and whose attention ranks the placed tokens.
+  selective request's last extend into its recompute set; :meth:`plan_batch` notes which tokens
+  of an extend batch belong to documents the store does not have yet, and whose attention ranks
+  the placed tokens.
 * forward side, called by the head-split attention backend: :meth:`begin_forward` writes the
   queued placements into the pool and fills the recompute sets' tokens, positions and slots,
   :meth:`observe` sums the question's attention over placed KV, :meth:`capture` copies each
