@@ -12,6 +12,9 @@ documents and a question of ``q_len`` tokens, ``context`` tokens in all (8B shap
 * cold, concurrency ``concurrency``: ``/flush_cache``, then ``cold_requests`` prompts whose documents
   come from earlier prompts with probability ``reuse_rate`` (captured at their first use).
 
+Before its first mode each server answers ``warmup_requests`` cold prompts of another seed in that
+mode, unmeasured, so that no mode pays the server's first compiles and pinned buffers.
+
 Modes of the redknot side: ``full`` (unmarked: the head split's own prefill), ``R`` (documents
 marked, ``redknot_recompute_ratio`` R; 0 = place only). Sides run one per device call
 (:mod:`redknot_sglang.testing.bench_sides`); once both are in, writes bench/results/reuse_frontier.json
@@ -64,6 +67,12 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
     modes = {"stock": None} if side == "stock" else {**{str(r): r for r in args.ratios}, "full": None}
     modes = {m: r for m, r in modes.items() if m not in out["results"]}  # measured by an earlier call
     with Server(model, flags, log_path=Path(args.log_dir) / f"frontier_{side}.log", timeout_s=900) as server:
+        if modes and args.warmup_requests:  # first compiles and pinned buffers, not measured
+            first = next(iter(modes.values()))
+            warmup = workload("warmup", args.warmup_requests, reuse_rate=args.reuse_rate, **shape)
+            with ThreadPoolExecutor(args.concurrency) as ex:
+                list(ex.map(lambda q: ttft(server.url, q, args.max_new, None if first is None else {RATIO_KEY: first}),
+                            warmup))
         for mode, ratio in modes.items():
             custom = None if ratio is None else {RATIO_KEY: ratio}
             requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
@@ -184,6 +193,9 @@ def main() -> None:
     ap.add_argument("--cold-requests", type=int, default=128)
     ap.add_argument("--reuse-rate", type=float, default=0.8)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--warmup-requests", type=int, default=32,
+                    help="cold-workload requests of another seed each server answers before its first mode "
+                    "(its first kernel compiles and the store's first pinned host buffers), not measured")
     ap.add_argument("--max-new", type=int, default=1)
     ap.add_argument("--mem-fraction-static", type=float, default=0.35)
     ap.add_argument("--segment-store-gb", type=float, default=64.0,
