@@ -218,8 +218,11 @@ class DocumentReuse:
         docs = self.documents(req)
         if docs is None:
             return False
-        ns, ids = self.namespace(req), req.origin_input_ids
-        return any((ns, tuple(ids[s:e])) in self._capturing for s, e in docs.spans)
+        return any(self._key(req, span) in self._capturing for span in docs.spans)
+
+    def _key(self, req: Req, span: tuple[int, int]) -> tuple[Namespace, tuple[int, ...]]:
+        """The store's key of the request's document at prompt ``span`` (captures are noted by it)."""
+        return self.namespace(req), tuple(req.origin_input_ids[span[0] : span[1]])
 
     def place(self, req: Req, tree: BasePrefixCache, *, next_chunk: bool = False, gap_budget: int = 0) -> bool:
         """Before admission (or before the next chunk of a chunked request): replace the cached
@@ -334,9 +337,10 @@ class DocumentReuse:
                 ranges, state.gaps = [*state.gaps, (pre, seq)], []
                 fixed = torch.cat([torch.arange(a, b) for a, b in ranges])
                 rs = RecomputeSet(fixed, torch.zeros(0, dtype=torch.bool), 0)
+                gap_tokens = len(fixed) - before[i]
                 if not req.retracted_stain:  # SGLang counted the gaps in the prefix as cached
-                    req.cached_tokens -= len(fixed) - before[i]
-                self.stats["gap_tokens"] += len(fixed) - before[i]
+                    req.cached_tokens -= gap_tokens
+                self.stats["gap_tokens"] += gap_tokens
             elif (state is not None and state.awaiting and pre == state.cut and seq == len(req.origin_input_ids)
                   and batch.prefill_input_ids_cpu is not None):
                 docs = self.documents(req)
@@ -443,9 +447,9 @@ class DocumentReuse:
         docs = self.documents(req)
         if docs is None:
             return []
-        ns, ids, out = self.namespace(req), req.origin_input_ids, []
+        out = []
         for s, e in docs.spans:
-            key = (ns, tuple(ids[s:e]))
+            key = self._key(req, (s, e))
             if (s < prefix_len or e - s > self.store.max_document_tokens or key in self._capturing
                     or self.store.contains(*key)):
                 continue
@@ -523,9 +527,7 @@ class DocumentReuse:
         """Write the placement's pieces one document at a time (a document's KV is gathered on
         the device once, its turned copies live only while it is written)."""
         pool, dt = self.pool, self.pool.dtype
-        windows: dict[int, list[tuple[int, int, int]]] = {}
-        for i, at, row, n in window_rows(pl.pieces, pl.at, pl.keep, self.store.tail):
-            windows.setdefault(i, []).append((at, row, n))
+        windows = {i: (at, row, n) for i, at, row, n in window_rows(pl.pieces, pl.at, pl.keep, self.store.tail)}
         for i, p in enumerate(pl.pieces):
             kv = self.store.gather(p.match)
             slots = pl.slots[p.start - pl.at : p.end - pl.at]
@@ -535,14 +537,16 @@ class DocumentReuse:
                 c = self.cols.global_cols(layer)
                 pool.full_kv_pool.k[layer][slots] = k[:, c].to(dt)
                 pool.full_kv_pool.v[layer][slots] = v[:, c].to(dt)
-            for at, row, n in windows.get(i, ()):
-                win = pool.full_to_swa_index_mapping[pl.slots[at : at + n]]
-                k = self._turn(kv.k_tail[row : row + n], p.delta)
-                v = kv.v_tail[row : row + n]
-                for layer in range(len(pool.swa_kv_pool.k)):
-                    c = self.cols.local_cols(layer)
-                    pool.swa_kv_pool.k[layer][win] = k[:, c].to(dt)
-                    pool.swa_kv_pool.v[layer][win] = v[:, c].to(dt)
+            if i not in windows:
+                continue
+            at, row, n = windows[i]
+            win = pool.full_to_swa_index_mapping[pl.slots[at : at + n]]
+            k = self._turn(kv.k_tail[row : row + n], p.delta)
+            v = kv.v_tail[row : row + n]
+            for layer in range(len(pool.swa_kv_pool.k)):
+                c = self.cols.local_cols(layer)
+                pool.swa_kv_pool.k[layer][win] = k[:, c].to(dt)
+                pool.swa_kv_pool.v[layer][win] = v[:, c].to(dt)
         for p in pl.pieces:
             self.store.unlock(p.match)
         self.stats["placed_requests"] += 1

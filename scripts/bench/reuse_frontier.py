@@ -30,6 +30,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import requests
 
@@ -42,6 +43,12 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 # the redknot server's reuse counters each row reports (tokens placed, computed between placed
 # documents, recomputed; placements given up for lack of KV slots)
 COUNTERS = ("placed_tokens", "gap_tokens", "recomputed_tokens", "placement_misses")
+
+
+def concurrently(url: str, prompts: list[dict], custom: Optional[dict], args: argparse.Namespace) -> list[float]:
+    """TTFT of each prompt, ``args.concurrency`` in flight at once."""
+    with ThreadPoolExecutor(args.concurrency) as ex:
+        return list(ex.map(lambda q: ttft(url, q, args.max_new, custom), prompts))
 
 
 def p50(times: list[float]) -> float:
@@ -70,9 +77,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
         if modes and args.warmup_requests:  # first compiles and pinned buffers, not measured
             first = next(iter(modes.values()))
             warmup = workload("warmup", args.warmup_requests, reuse_rate=args.reuse_rate, **shape)
-            with ThreadPoolExecutor(args.concurrency) as ex:
-                list(ex.map(lambda q: ttft(server.url, q, args.max_new, None if first is None else {RATIO_KEY: first}),
-                            warmup))
+            concurrently(server.url, warmup, None if first is None else {RATIO_KEY: first}, args)
         for mode, ratio in modes.items():
             custom = None if ratio is None else {RATIO_KEY: ratio}
             requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
@@ -91,8 +96,7 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
             if mode not in args.warm_only_modes:
                 requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
                 c0, t0 = reuse_counters(server.url), time.perf_counter()
-                with ThreadPoolExecutor(args.concurrency) as ex:
-                    cold_times = list(ex.map(lambda q: ttft(server.url, q, args.max_new, custom), cold))
+                cold_times = concurrently(server.url, cold, custom, args)
                 wall, counters = round(time.perf_counter() - t0, 2), reuse_counters(server.url)
                 row.update(cold_c4_ttft_p50_s=p50(cold_times), cold_wall_s=wall,
                            **{f"cold_{k}": counters[k] - c0.get(k, 0) for k in COUNTERS if k in counters})

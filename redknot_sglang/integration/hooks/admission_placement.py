@@ -10,8 +10,9 @@ A request whose document another running request is capturing waits (admission s
 this round, as SGLang stops it when a request does not fit) and gets the document placed in a
 later round instead of computing it again. A cached document may also follow computed text: the
 admitted extend is then cut where it starts (:meth:`DocumentReuse.cut_point`), which makes the
-request a chunked one, and the next chunk's admission places the run; so is the extend of a request that computes its system prompt (cut at
-its first document: the prompt's chunk keeps a window, the exact prefix of later requests); a
+request a chunked one, and the next chunk's admission places the run; so is the extend of a
+request that computes its system prompt (cut at its first document: the prompt's chunk keeps a
+window, the exact prefix of later requests); a
 selective request places past computed text (gaps within the round's chunk budget, computed by
 its next extend at their positions), its last extend is cut one token short, and its last token's
 round recomputes (:meth:`DocumentReuse.rewrite_batch`)::
