@@ -105,7 +105,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--redknot-segment-host-gb",
         type=float,
         default=_default("segment_host_gb"),
-        help="Host memory (pinned on CUDA) that cold documents spill to before they are dropped.",
+        help="Host memory that cold documents spill to before they are dropped: taken when the "
+        "server starts (pinned on CUDA, about 0.4 s per GB), so no spill allocates while serving.",
     )
     group.add_argument(
         "--redknot-recompute-ratio",

@@ -19,11 +19,13 @@ recomputed token's window anywhere in a document, so its servers keep local head
 (``tail`` = the longest document).
 
 Tiers and eviction. Node KV lives on the store's device within ``device_bytes``; the coldest nodes
-spill to host memory (pinned on CUDA) within ``host_bytes`` and come back on reuse. Coldness is
-GreedyDual-LFU: a node's priority is ``clock + hits`` at its last use, and the clock rises to the
-priority of each node dropped, so frequently reused documents stay and stale ones age out. Only
-unlocked leaves are dropped (a node's KV is a prefix of its children's documents); documents in use
-are locked (:meth:`SegmentStore.lock` / :meth:`unlock`) and neither spill nor drop.
+spill to the host tier (:class:`~redknot_sglang.reuse.host_pages.HostPages`: ``host_bytes`` taken
+at start, pinned on CUDA) and come back on reuse. Coldness is GreedyDual-LFU: a node's priority is
+``clock + hits`` at its last use, and the clock rises to the priority of each node dropped, so
+frequently reused documents stay and stale ones age out. A node the host has no room for drops the
+host's coldest leaves first, or is dropped itself if it is colder than they are. Only unlocked
+leaves are dropped (a node's KV is a prefix of its children's documents); documents in use are
+locked (:meth:`SegmentStore.lock` / :meth:`unlock`) and neither spill nor drop.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 import torch
 
 from redknot_sglang.heads.layout import RankHeadLayout
+from redknot_sglang.reuse.host_pages import PAGE_BYTES, HostPages, HostTensor
 
 _PARTS = ("k_global", "v_global", "k_sink", "v_sink", "k_tail", "v_tail")
 
@@ -91,7 +94,7 @@ class _Node:
     start: int  # document position of tokens[0]
     parent: _Node | None
     children: dict[int, _Node] = dataclasses.field(default_factory=dict)
-    kv: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # k/v_global, k/v_sink, k/v_tail
+    kv: dict[str, torch.Tensor | HostTensor] = dataclasses.field(default_factory=dict)  # k/v_global, k/v_sink, k/v_tail
     on_device: bool = True
     lock: int = 0
     priority: float = 0.0
@@ -126,11 +129,13 @@ class DocumentMatch:
 
 class SegmentStore:
     def __init__(self, layout: RankHeadLayout, *, head_dim: int, dtype: torch.dtype, device: str,
-                 device_bytes: int, host_bytes: int, max_document_tokens: int, tail: int | None = None):
+                 device_bytes: int, host_bytes: int, max_document_tokens: int, tail: int | None = None,
+                 host_page_bytes: int = PAGE_BYTES):
         self.cols = HeadColumns(layout)
         self.tail = self.cols.window if tail is None else tail
         self.head_dim, self.dtype, self.device = head_dim, dtype, torch.device(device)
-        self.device_budget, self.host_budget = device_bytes, host_bytes
+        self.host = HostPages(host_bytes, self.device, page_bytes=host_page_bytes)
+        self.device_budget, self.host_budget = device_bytes, self.host.capacity
         self.max_document_tokens = max_document_tokens
         self.device_used = self.host_used = 0
         self.clock = 0.0
@@ -201,9 +206,10 @@ class SegmentStore:
             path.append(child)
             node, pos = child, child.end
         if "k_tail" not in node.kv:
+            self._to_device(node, fit=False)
             tail = {"k_tail": kv.k_tail, "v_tail": kv.v_tail}
-            node.kv.update({p: self._place(t, node.on_device) for p, t in tail.items()})
-            self._add_bytes(node.on_device, sum(t.nbytes for t in tail.values()))
+            node.kv.update({p: self._place(t) for p, t in tail.items()})
+            self._add_bytes(True, sum(t.nbytes for t in tail.values()))
         match = DocumentMatch(ns, node)
         for n in path:
             self._touch(n)
@@ -236,10 +242,12 @@ class SegmentStore:
         out = {"k_global": kv.k_global[a:b], "v_global": kv.v_global[a:b]}
         if a < self.cols.sink:
             out.update(k_sink=kv.k_sink[a:b], v_sink=kv.v_sink[a:b])
-        return {p: self._place(t, True) for p, t in out.items()}
+        return {p: self._place(t) for p, t in out.items()}
 
     def _split(self, node: _Node, at: int) -> _Node:
-        """Cut ``node``'s edge after ``at`` tokens; returns the new upper node."""
+        """Cut ``node``'s edge after ``at`` tokens (a spilled node comes back first); returns the
+        new upper node."""
+        self._to_device(node, fit=False)
         upper = _Node(tokens=node.tokens[:at], start=node.start, parent=node.parent,
                       on_device=node.on_device, lock=node.lock, priority=node.priority, hits=node.hits)
         sink_cut = max(0, min(at, self.cols.sink - node.start))
@@ -257,11 +265,8 @@ class SegmentStore:
         return upper
 
     # ------------------------------------------------------------------ tiers and eviction
-    def _place(self, t: torch.Tensor, on_device: bool) -> torch.Tensor:
-        if on_device:
-            return t.to(self.device, self.dtype).contiguous()
-        host = torch.empty(t.shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
-        return host.copy_(t)
+    def _place(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, self.dtype).contiguous()
 
     def _add_bytes(self, on_device: bool, nbytes: int) -> None:
         if on_device:
@@ -276,18 +281,22 @@ class SegmentStore:
         node.hits += 1
         node.priority = self.clock + node.hits
 
-    def _to_device(self, node: _Node) -> None:
+    def _to_device(self, node: _Node, fit: bool = True) -> None:
+        """Bring a spilled node back (``fit``: then make room on the device)."""
         if node.on_device:
             return
         self._account(node, -1)
-        node.kv = {p: self._place(t, True) for p, t in node.kv.items()}
+        host, node.kv = node.kv, {p: self.host.get(h, self.device) for p, h in node.kv.items()}
+        for h in host.values():
+            self.host.free(h)
         node.on_device = True
         self._account(node, +1)
-        self._fit()
+        if fit:
+            self._fit()
 
     def _spill(self, node: _Node) -> None:
         self._account(node, -1)
-        node.kv = {p: self._place(t, False) for p, t in node.kv.items()}
+        node.kv = {p: self.host.put(t) for p, t in node.kv.items()}
         node.on_device = False
         self._account(node, +1)
 
@@ -295,7 +304,13 @@ class SegmentStore:
         self._account(node, -1)
         self.clock = max(self.clock, node.priority)
         del node.parent.children[node.tokens[0]]
+        self._free_host(node)
         _release(node)
+
+    def _free_host(self, node: _Node) -> None:
+        if not node.on_device:
+            for h in node.kv.values():
+                self.host.free(h)
 
     def _nodes(self) -> list[_Node]:
         out, stack = [], [c for r in self._roots.values() for c in r.children.values()]
@@ -306,23 +321,32 @@ class SegmentStore:
         return out
 
     def _fit(self) -> None:
-        """Spill the coldest unlocked device nodes to host until the device budget holds, then drop
-        the coldest unlocked leaves until the host budget holds."""
-        if self.device_used > self.device_budget:
-            for node in sorted((n for n in self._nodes() if n.on_device and not n.lock), key=lambda n: n.priority):
-                self._spill(node)
-                if self.device_used <= self.device_budget:
-                    break
-            else:
-                raise StoreError(f"redknot: segment store full on the device ({self.device_used} of "
-                                 f"{self.device_budget} bytes, all in use)")
-        while self.host_used > self.host_budget:
-            leaves = [n for n in self._nodes() if not n.lock and not n.children]
-            cands = [n for n in leaves if not n.on_device] or leaves  # device leaves free host parents
-            if not cands:
-                raise StoreError(f"redknot: segment store full on the host ({self.host_used} of "
-                                 f"{self.host_budget} bytes, all in use or shared)")
-            self._drop(min(cands, key=lambda n: n.priority))
+        """Move the coldest unlocked device nodes off the device until its budget holds: to the
+        host (:meth:`_off_device`)."""
+        if self.device_used <= self.device_budget:
+            return
+        for node in sorted((n for n in self._nodes() if n.on_device and not n.lock), key=lambda n: n.priority):
+            self._off_device(node)
+            if self.device_used <= self.device_budget:
+                return
+        raise StoreError(f"redknot: segment store full on the device ({self.device_used} of "
+                         f"{self.device_budget} bytes, all in use)")
+
+    def _off_device(self, node: _Node) -> None:
+        """Spill ``node`` to the host, which first drops its coldest unlocked leaves to make room
+        while they are colder than ``node`` (a leaf; an inner node takes any); a leaf the host
+        keeps no room for is dropped, an inner one stays."""
+        need = sum(self.host.pages_for(t.nbytes) for t in node.kv.values()) * self.host.page_bytes
+        while self.host.free_bytes < need:
+            leaves = [n for n in self._nodes() if not n.on_device and not n.lock and not n.children]
+            victim = min(leaves, key=lambda n: n.priority, default=None)
+            if victim is None or (not node.children and victim.priority >= node.priority):
+                break
+            self._drop(victim)
+        if self.host.free_bytes >= need:
+            self._spill(node)
+        elif not node.children:
+            self._drop(node)
 
     def clear(self) -> None:
         """Forget every document (SGLang's ``/flush_cache``); nothing may be locked."""
@@ -330,6 +354,7 @@ class SegmentStore:
         if any(n.lock for n in nodes):
             raise RuntimeError("redknot: SegmentStore.clear while documents are in use")
         for node in nodes:
+            self._free_host(node)
             _release(node)
         self._roots.clear()
         self.device_used = self.host_used = 0

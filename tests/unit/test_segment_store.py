@@ -14,6 +14,7 @@ from redknot_sglang.heads.profile import ModelFingerprint
 from redknot_sglang.reuse.segment_store import DocumentKV, Namespace, SegmentStore, StoreError
 
 D, SINK, WINDOW = 8, 2, 5
+HOST_PAGE = 4 * D  # one float32 row of one head: every part's bytes fill whole pages
 FP = ModelFingerprint(architecture="LlamaForCausalLM", num_layers=2, num_attention_heads=6, num_kv_heads=3,
                       head_dim=D, rope_theta=1e4)
 LAYOUT = RankHeadLayout(HeadProfile.from_classes(FP, [[True, False, False], [False, True, True]],
@@ -45,7 +46,7 @@ def doc_bytes(n: int) -> int:
 def store(device_docs: float = 100, host_docs: float = 100, n: int = 10) -> SegmentStore:
     return SegmentStore(LAYOUT, head_dim=D, dtype=torch.float32, device="cpu",
                         device_bytes=int(device_docs * doc_bytes(n)), host_bytes=int(host_docs * doc_bytes(n)),
-                        max_document_tokens=64)
+                        max_document_tokens=64, host_page_bytes=HOST_PAGE)
 
 
 def assert_kv_equal(a: DocumentKV, b: DocumentKV) -> None:
@@ -114,6 +115,20 @@ def test_host_budget_drops_the_least_reused_and_its_stale_matches_fail():
     with pytest.raises(StoreError, match="evicted"):
         s.gather(c)
     assert s.clock > 0  # the dropped node's priority ages every later use
+
+
+def test_documents_sharing_a_spilled_beginning_bring_it_back_and_the_host_pages_come_free():
+    s = store(device_docs=1.5, host_docs=3)
+    s.insert(NS, A, doc_kv(A))
+    s.insert(NS, C, doc_kv(C))  # A spills
+    assert s.stats()["spilled_nodes"] == 1 and s.host_used > 0
+    s.insert(NS, B, doc_kv(B))  # B's beginning is spilled A's: A's node comes back to be cut
+    s.insert(NS, A[:6], doc_kv(A[:6]))  # a tail on the shared node, wherever it went
+    for doc in (A, B, C, A[:6]):
+        assert_kv_equal(s.gather(s.match(NS, doc)), doc_kv(doc))
+    assert s.device_used <= s.device_budget and s.host_used <= s.host_budget
+    s.clear()
+    assert s.host.free_bytes == s.host_budget > 0
 
 
 def test_documents_in_use_are_never_moved():
