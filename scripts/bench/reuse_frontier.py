@@ -25,6 +25,7 @@ SmolLM2 on this CPU at tiny sizes (to /tmp).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -45,10 +46,24 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 COUNTERS = ("placed_tokens", "gap_tokens", "recomputed_tokens", "placement_misses")
 
 
-def concurrently(url: str, prompts: list[dict], custom: Optional[dict], args: argparse.Namespace) -> list[float]:
-    """TTFT of each prompt, ``args.concurrency`` in flight at once."""
+def concurrently(url: str, prompts: list[dict], custom: Optional[dict], args: argparse.Namespace,
+                 trace: Optional[Path] = None) -> list[float]:
+    """TTFT of each prompt, ``args.concurrency`` in flight at once; ``trace``: once ``args.trace_after``
+    prompts are answered, SGLang's torch profiler traces the next ``args.trace_steps`` scheduler
+    steps into this folder, without Python stacks, which would inflate host times
+    (``scripts/device/trace_summary.py`` summarizes it)."""
+    answered = itertools.count(1)
+
+    def one(q: dict) -> float:
+        t = ttft(url, q, args.max_new, custom)
+        if trace is not None and next(answered) == args.trace_after:
+            requests.post(url + "/start_profile", json={"output_dir": str(trace), "num_steps": args.trace_steps,
+                                                        "activities": ["CPU", "GPU"], "with_stack": False,
+                                                        "record_shapes": False}, timeout=60).raise_for_status()
+        return t
+
     with ThreadPoolExecutor(args.concurrency) as ex:
-        return list(ex.map(lambda q: ttft(url, q, args.max_new, custom), prompts))
+        return list(ex.map(one, prompts))
 
 
 def p50(times: list[float]) -> float:
@@ -96,7 +111,8 @@ def run_side(side: str, args: argparse.Namespace, model: Path, profile: Path, pa
             if mode not in args.warm_only_modes:
                 requests.post(server.url + "/flush_cache", timeout=60).raise_for_status()
                 c0, t0 = reuse_counters(server.url), time.perf_counter()
-                cold_times = concurrently(server.url, cold, custom, args)
+                trace = args.trace / f"{side}-{mode}" if args.trace else None
+                cold_times = concurrently(server.url, cold, custom, args, trace)
                 wall, counters = round(time.perf_counter() - t0, 2), reuse_counters(server.url)
                 row.update(cold_c4_ttft_p50_s=p50(cold_times), cold_wall_s=wall,
                            **{f"cold_{k}": counters[k] - c0.get(k, 0) for k in COUNTERS if k in counters})
@@ -220,6 +236,10 @@ def main() -> None:
     ap.add_argument("--fast-start", action="store_true", help="redknot side: SGLang's Triton kernels for the global "
                     "heads and no CUDA graphs (no FlashInfer JIT, no capture: a server up within a short device "
                     "call; TTFT of max_new 1 runs no decode graph); recorded in the flags")
+    ap.add_argument("--trace", type=Path, help="a torch-profiler trace of each cold run's steady state into "
+                    "TRACE/SIDE-MODE (SGLang's /start_profile; its steps run slower)")
+    ap.add_argument("--trace-after", type=int, default=32, help="with --trace: cold prompts answered before it starts")
+    ap.add_argument("--trace-steps", type=int, default=12, help="with --trace: scheduler steps traced")
     ap.add_argument("--cpu-smoke", action="store_true", help="SmolLM2 on this CPU, tiny sizes, results to /tmp")
     args = ap.parse_args()
     model, results, profile = bench_setup(args.cpu_smoke, RESULTS)
