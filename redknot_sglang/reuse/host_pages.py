@@ -1,10 +1,11 @@
 """``HostPages``: the segment store's host tier, host memory taken once (pinned on CUDA) and cut
 into pages that spilled document KV is copied into.
 
-Pinning is slow (``cudaHostAlloc``: ~0.4 s per GB on the H200 host, 100 ms for a 256 MB buffer),
-and PyTorch's caching host allocator pinned fresh buffers for the spills of a serving run whose
-tier was filling: 3.2 s of a 7.4 s window of the 8B cold RAG benchmark went to it. So the tier
-allocates all of its bytes when the store is built, in chunks, and hands out pages::
+Pinning is slow (``cudaHostAlloc`` on the H200 host: ~100 ms for a 256 MB buffer; 23 s for a
+32 GB tier at start), and PyTorch's caching host allocator pinned fresh buffers for the spills of a
+serving run whose tier was filling: 3.2 s of a 7.4 s window of the 8B cold RAG benchmark went to
+it. So the tier allocates all of its bytes when the store is built, in chunks, and hands out
+pages::
 
     chunks:   [ chunk 0: pages 0 .. P-1 ][ chunk 1: pages P .. 2P-1 ] ...     (one allocation each)
     a spilled tensor: its bytes over a list of pages, in order (``HostTensor``); a run of
