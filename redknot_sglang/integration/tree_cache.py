@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def create_tree_cache(ctx: Any) -> Any:
@@ -29,11 +33,14 @@ def create_tree_cache(ctx: Any) -> Any:
         from redknot_sglang.reuse.segment_store import SegmentStore
         from redknot_sglang.integration.document_reuse import DocumentReuse
 
+        t0 = time.monotonic()
         store = SegmentStore(pool.layout, head_dim=pool.head_dim, dtype=pool.dtype, device=pool.device,
                              device_bytes=int(cfg.segment_store_gb * (1 << 30)),
                              host_bytes=int(cfg.segment_host_gb * (1 << 30)),
                              max_document_tokens=cfg.max_document_tokens,
                              tail=cfg.max_document_tokens if cfg.recompute_ratio > 0 else None)
+        logger.info("redknot: segment store %.1f GB on %s, host tier %.1f GB taken in %.1f s", cfg.segment_store_gb,
+                    pool.device, store.host_budget / (1 << 30), time.monotonic() - t0)
         model_key = f"{ctx.server_args.model_path}|{cfg.profile.model.model_dump_json()}"
         reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator,
                               req_to_token=ctx.params.req_to_token_pool.req_to_token, model_key=model_key,

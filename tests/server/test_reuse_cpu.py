@@ -224,6 +224,7 @@ def test_store_counters_are_prometheus_metrics(server):
                 "recomputed_tokens"):
         assert values[f"sglang:redknot_{key}"] == s[key], (key, values, s)
     assert s["document_hits"] > 0
+    assert "redknot: segment store 4.0 GB on cpu, host tier 16.0 GB taken in" in server.log()  # the defaults
 
 
 def test_flush_cache_empties_the_tree_and_the_document_store(server):
