@@ -137,7 +137,7 @@ class SegmentStore:
         self.host = HostPages(host_bytes, self.device, page_bytes=host_page_bytes)
         self.device_budget, self.host_budget = device_bytes, self.host.capacity
         self.max_document_tokens = max_document_tokens
-        self.device_used = self.host_used = 0
+        self.device_used = 0
         self.clock = 0.0
         self._roots: dict[Namespace, _Node] = {}
 
@@ -209,7 +209,7 @@ class SegmentStore:
             self._to_device(node, fit=False)
             tail = {"k_tail": kv.k_tail, "v_tail": kv.v_tail}
             node.kv.update({p: self._place(t) for p, t in tail.items()})
-            self._add_bytes(True, sum(t.nbytes for t in tail.values()))
+            self.device_used += sum(t.nbytes for t in tail.values())
         match = DocumentMatch(ns, node)
         for n in path:
             self._touch(n)
@@ -268,14 +268,10 @@ class SegmentStore:
     def _place(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, self.dtype).contiguous()
 
-    def _add_bytes(self, on_device: bool, nbytes: int) -> None:
-        if on_device:
-            self.device_used += nbytes
-        else:
-            self.host_used += nbytes
-
     def _account(self, node: _Node, sign: int) -> None:
-        self._add_bytes(node.on_device, sign * node.nbytes())
+        """Count a device node's bytes in or out (host bytes are the host tier's pages in use)."""
+        if node.on_device:
+            self.device_used += sign * node.nbytes()
 
     def _touch(self, node: _Node) -> None:
         node.hits += 1
@@ -357,9 +353,14 @@ class SegmentStore:
             self._free_host(node)
             _release(node)
         self._roots.clear()
-        self.device_used = self.host_used = 0
+        self.device_used = 0
 
     # ------------------------------------------------------------------ introspection
+    @property
+    def host_used(self) -> int:
+        """Bytes of the host tier's pages that spilled nodes hold."""
+        return self.host.capacity - self.host.free_bytes
+
     def _document(self, ns: Namespace, tokens: Sequence[int]) -> list[_Node] | None:
         """The nodes of a cached document (one ends there, its tail held), or None."""
         nodes = self._walk(ns, tuple(tokens))
