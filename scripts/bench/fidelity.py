@@ -11,9 +11,11 @@ greedy answers (teacher forcing runs as one prefill, greedy as decode steps) is 
 ``--reuse``: document reuse on the same redknot server, per mode (``--reuse-modes``: ``placed``,
 ``redknot_recovery`` false, every cached document placed; ``selective-R``, every cached document
 placed and the question, each document's first tokens and a fraction ``R`` of the placed tokens
-recomputed).
+recomputed; ``canonical-`` before either: the documents captured canonically, see below).
 Each mode starts from an empty cache, answers the "warmup" stream of other questions over the same
-documents with its marks (documents captured in other orders and offsets), then the measured
+documents with its marks (documents captured in context, in other orders and offsets; a
+``canonical-`` mode instead stores the measured questions' documents through
+``POST /redknot/documents``, each computed alone after the canonical prefix), then the measured
 questions with their marks: accuracy next to dense's and the head split's full prefill, agreement
 against the same server's full prefill, the fraction of prompt tokens placed (``reuse`` rows).
 
@@ -30,12 +32,14 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from redknot_sglang.fidelity.docqa import BUCKET_LENGTH, BUCKETS, DocQA
 from redknot_sglang.fidelity.server import Asker, server_flags
 from redknot_sglang.fidelity.summary import bucket_scores
 from redknot_sglang.heads.profile import HeadProfile
+from redknot_sglang.integration.hooks.preload import ROUTE
 from redknot_sglang.profile.search import kv_ratio
 from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY
 from redknot_sglang.testing.bench_sides import device_name
@@ -64,13 +68,28 @@ def rows_for(name: str, profile: HeadProfile, answers, dense, questions) -> list
     return rows
 
 
-def reuse_mode(name: str) -> dict:
-    """``custom_params`` of a reuse mode: ``placed`` or ``selective-R``."""
-    if name == "placed":
-        return {RECOVERY_KEY: False}
-    if name.startswith("selective-"):
-        return {RATIO_KEY: float(name.removeprefix("selective-"))}
+def reuse_mode(name: str) -> tuple[dict, bool]:
+    """(``custom_params``, whether documents are preloaded) of a reuse mode: ``placed`` or
+    ``selective-R``, either after ``canonical-`` (preloaded: canonical capture)."""
+    base = name.removeprefix("canonical-")
+    if base == "placed":
+        return {RECOVERY_KEY: False}, base != name
+    if base.startswith("selective-"):
+        return {RATIO_KEY: float(base.removeprefix("selective-"))}, base != name
     raise ValueError(f"unknown reuse mode {name!r}")
+
+
+def preload(server, questions, concurrency: int) -> None:
+    """Store the documents of ``questions`` (their token ids, each once) through
+    ``POST /redknot/documents``: canonical capture."""
+    docs = list(dict.fromkeys(tuple(q.ids[a:b]) for q in questions for a, b in q.doc_spans))
+
+    def one(doc: tuple[int, ...]) -> None:
+        r = server.post(ROUTE, {"documents": [{"input_ids": list(doc)}]})
+        assert r.status_code == 200, r.text
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, docs))
 
 
 def marks(extra: dict):
@@ -85,9 +104,12 @@ def reuse_rows(server, asker: Asker, name: str, modes: list[str], questions, war
     full_acc = {b: s.accuracy for b, s in bucket_scores(full, dense).items()}
     for mode in modes:
         rows = []
-        extra = reuse_mode(mode)
+        extra, canonical = reuse_mode(mode)
         assert server.post("/flush_cache", {}).status_code == 200
-        asker.ask(warmup, params_of=marks(extra))
+        if canonical:
+            preload(server, questions, asker.concurrency)
+        else:
+            asker.ask(warmup, params_of=marks(extra))
         before = server.redknot_stats()["documents"]
         got, _, _ = asker.ask(questions, full_tokens, full_top, params_of=marks(extra))
         after = server.redknot_stats()["documents"]
@@ -116,7 +138,8 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="CPU servers (torch_native), one request at a time")
     ap.add_argument("--reuse", action="store_true", help="also document reuse modes on each redknot server")
     ap.add_argument("--reuse-modes", type=lambda s: s.split(","),
-                    default=["placed", "selective-0.05", "selective-0.1", "selective-0.2", "selective-0.4"])
+                    default=["placed", "selective-0.05", "selective-0.1", "selective-0.2", "selective-0.4",
+                             "canonical-selective-0.1"])
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
     args = ap.parse_args()
