@@ -18,7 +18,8 @@ mode, unmeasured, so that no mode pays the server's first compiles and pinned bu
 Modes of the redknot side: ``full`` (unmarked: the head split's own prefill), ``R`` (documents
 marked, ``redknot_recompute_ratio`` R; 0 = place only). Sides run one per device call
 (:mod:`redknot_sglang.testing.bench_sides`); once both are in, writes bench/results/reuse_frontier.json
-and reuse_frontier.png (fidelity against speed-up). ``--cpu-smoke`` checks the procedure with
+and reuse_frontier.png (fidelity against speed-up). A redknot row that carries a ``stock`` entry
+(rows composed from two leases) is compared with that stock, measured on its own lease. ``--cpu-smoke`` checks the procedure with
 SmolLM2 on this CPU at tiny sizes (to /tmp).
 """
 
@@ -143,13 +144,14 @@ def write(sides: dict, args: argparse.Namespace, results: Path, model: Path) -> 
     for mode, r in {**measured, **fidelity_only}.items():
         ratio = None if mode == "full" else float(mode)
         r = r or {}
+        base = r.get("stock", stock)  # a row measured on another lease keeps that lease's stock
         q = [x for x in fid.get(ratio, []) if "accuracy" in x]
         n = sum(x["n_questions"] for x in q)
         mean = (lambda key: round(sum(x[key] * x["n_questions"] for x in q) / n, 4)) if n else (lambda key: None)
         rows.append({"recompute_ratio": ratio, "default": ratio == args.default_ratio,
-                     "ttft_speedup_warm_c1_32k": (round(stock["warm_c1_ttft_p50_s"] / r["warm_c1_ttft_p50_s"], 3)
+                     "ttft_speedup_warm_c1_32k": (round(base["warm_c1_ttft_p50_s"] / r["warm_c1_ttft_p50_s"], 3)
                                                   if "warm_c1_ttft_p50_s" in r else None),
-                     "ttft_speedup_cold_c4_32k": (round(stock["cold_c4_ttft_p50_s"] / r["cold_c4_ttft_p50_s"], 3)
+                     "ttft_speedup_cold_c4_32k": (round(base["cold_c4_ttft_p50_s"] / r["cold_c4_ttft_p50_s"], 3)
                                                   if "cold_c4_ttft_p50_s" in r else None),
                      "accuracy": mean("accuracy"), "headsplit_accuracy": mean("headsplit_accuracy"),
                      "dense_accuracy": mean("dense_accuracy"), "top1_agreement": mean("top1_agreement_vs_full_prefill"),
