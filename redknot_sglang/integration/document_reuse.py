@@ -220,6 +220,20 @@ class DocumentReuse:
             return False
         return any(self._key(req, span) in self._capturing for span in docs.spans)
 
+    def capture_cut(self, req: Req, matched: int) -> int:
+        """Where a scheduler match of ``matched`` exact tokens must end: at the start of a marked
+        document that the match runs into and that the store lacks (and no request is capturing),
+        so that this request computes it whole and captures it; else ``matched``. Documents that
+        begin alike ("Document 12: ...") meet each other's first tokens in the radix tree, and
+        every preloaded document follows the same canonical prefix."""
+        docs = self.documents(req)
+        for s, e in docs.spans if docs is not None else ():
+            if s < matched < e and e - s <= self.store.max_document_tokens:
+                key = self._key(req, (s, e))
+                if key not in self._capturing and not self.store.contains(*key):
+                    return s
+        return matched
+
     def _key(self, req: Req, span: tuple[int, int]) -> tuple[Namespace, tuple[int, ...]]:
         """The store's key of the request's document at prompt ``span`` (captures are noted by it)."""
         return self.namespace(req), tuple(req.origin_input_ids[span[0] : span[1]])

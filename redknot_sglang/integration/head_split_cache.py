@@ -63,6 +63,7 @@ grows with the tree (stock's tree is not checked). Here the check runs at most o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -128,10 +129,18 @@ class HeadSplitRadixCache(UnifiedRadixCache):
 
     # ------------------------------------------------------------------ match
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
-        """Scheduler matches (they carry the request) are cut to a miss without a cached sink;
-        the tree's own re-match after an insert (no request) sees the tree as it is."""
+        """Scheduler matches (they carry the request) end where a marked document that the store
+        lacks begins, if they run into it (:meth:`DocumentReuse.capture_cut`), and are cut to a
+        miss without a cached sink; the tree's own re-match after an insert (no request) sees the
+        tree as it is."""
         result = super().match_prefix(params)
         matched = matched_len(result)
+        if params.req is not None and matched and self.document_reuse is not None:
+            cut = self.document_reuse.capture_cut(params.req, matched)
+            if cut < matched:
+                params = dataclasses.replace(params, key=params.key[:cut])
+                result = super().match_prefix(params)
+                matched = matched_len(result)
         if params.req is None or matched == 0 or self.sinks.sink == 0:
             return result
         key = self.sinks.key(params.key.token_ids, params.key.extra_key)

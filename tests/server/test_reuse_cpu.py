@@ -214,6 +214,23 @@ def test_preloaded_documents_are_placed_at_first_use_and_bad_ones_get_400(server
     assert_all_slots_back(server.redknot_stats())
 
 
+def test_preloaded_documents_that_begin_alike_are_each_stored(server):
+    # every preloaded document follows the same canonical prefix, so a second document that begins
+    # as the first one did ("Document 12: ...") meets the first one's tokens in the radix tree: the
+    # match is cut where the document starts, so that it is computed whole and captured
+    head = [rng.randrange(100, 40000) for _ in range(12)]
+    d6, d7 = (head + [rng.randrange(100, 40000) for _ in range(n)] for n in (80, 60))
+    before = server.redknot_stats()["documents"]
+    for d in (d6, d7):
+        r = server.post("/redknot/documents", {"documents": [{"input_ids": d}], "cache_salt": "alike"})
+        assert r.status_code == 200, r.text
+    after = server.redknot_stats()["documents"]
+    assert after["captured_documents"] == before["captured_documents"] + 2
+    generate(server, body([d7, d6], recovery=False, salt="alike"))
+    assert server.redknot_stats()["documents"]["placed_tokens"] == after["placed_tokens"] + len(d7) + len(d6)
+    assert_all_slots_back(server.redknot_stats())
+
+
 def test_store_counters_are_prometheus_metrics(server):
     generate(server, body([D2, D1], recovery=False))  # places both: the counters move
     s = server.redknot_stats()["documents"]
