@@ -18,6 +18,7 @@ from redknot_sglang.heads.profile import BUILTIN_ALL_GLOBAL, HeadProfile, ModelF
 
 BACKEND_NAME = "redknot"
 BASE_BACKENDS = ("auto", "flashinfer", "triton", "torch_native")
+CAPTURE_MODES = ("in-context", "canonical")
 ATTR = "_redknot"
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class RedknotConfig:
     segment_store_gb: float = 4.0
     segment_host_gb: float = 16.0
     recompute_ratio: float = 0.1  # selective recompute of marked requests (reuse/recompute.py); 0: place only
+    capture: str = "in-context"  # how a document first used by a request is stored (CAPTURE_MODES)
     chunk_window_checkpoints: bool = True
 
     def resolve_base_backend(self, device: Optional[str]) -> str:
@@ -120,6 +122,16 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "documents' local heads whole).",
     )
     group.add_argument(
+        "--redknot-capture",
+        default=_default("capture"),
+        choices=CAPTURE_MODES,
+        help="How a document that a request marks and the store lacks is stored: in-context (default) "
+        "keeps the KV that request computes in its own context; canonical first computes it alone, "
+        "after the canonical prefix (as POST /redknot/documents does), so the stored KV does not "
+        "depend on which request came first, and the request places it. Measured: "
+        "bench/results/fidelity_reuse.json.",
+    )
+    group.add_argument(
         "--redknot-chunk-window-checkpoints",
         action=argparse.BooleanOptionalAction,
         default=_default("chunk_window_checkpoints"),
@@ -164,6 +176,7 @@ def config_from_args(args: argparse.Namespace, served: ModelFingerprint, context
         segment_store_gb=args.redknot_segment_store_gb,
         segment_host_gb=args.redknot_segment_host_gb,
         recompute_ratio=args.redknot_recompute_ratio,
+        capture=args.redknot_capture,
         chunk_window_checkpoints=args.redknot_chunk_window_checkpoints,
     )
 

@@ -45,7 +45,9 @@ Who owns which slots::
 A request with placed KV is *approximate*: its tokens never enter the radix tree (the cache frees
 ``[p, seq)`` at the end instead of inserting), so no other request takes placed KV, or KV computed
 over it, as an exact prefix. Captured documents are KV computed in their first request's context,
-at their prompt positions, and stored turned back to positions ``[0, n)``.
+at their prompt positions, and stored turned back to positions ``[0, n)``; under canonical capture
+(``canonical``) only capture requests store documents, each computed alone after the canonical
+prefix (:mod:`~redknot_sglang.integration.hooks.canonical_capture`).
 """
 
 from __future__ import annotations
@@ -174,9 +176,10 @@ class ForwardPlan:
 
 class DocumentReuse:
     def __init__(self, store: SegmentStore, *, pool: Any, allocator: Any, req_to_token: torch.Tensor, model_key: str,
-                 recompute_ratio: float = 0.0):
+                 recompute_ratio: float = 0.0, canonical: bool = False):
         self.store = store
         self.recompute_ratio = recompute_ratio
+        self.canonical = canonical  # documents are captured only by capture requests (canonical capture)
         self.pool = pool
         self.allocator = allocator
         self.req_to_token = req_to_token  # SGLang's request rows
@@ -227,7 +230,7 @@ class DocumentReuse:
         begin alike ("Document 12: ...") meet each other's first tokens in the radix tree, and
         every preloaded document follows the same canonical prefix."""
         docs = self.documents(req)
-        for s, e in docs.spans if docs is not None else ():
+        for s, e in docs.spans if self._captures_from(docs) else ():
             if s < matched < e and e - s <= self.store.max_document_tokens:
                 key = self._key(req, (s, e))
                 if key not in self._capturing and not self.store.contains(*key):
@@ -457,9 +460,14 @@ class DocumentReuse:
         self._next.captures = runs
         self._next.questions = questions
 
+    def _captures_from(self, docs: Optional[RequestDocuments]) -> bool:
+        """Whether a request with these marks stores the documents it computes whole: any marked
+        request, or under canonical capture only a capture request."""
+        return docs is not None and (docs.capture or not self.canonical)
+
     def _new_captures(self, req: Req, prefix_len: int) -> list[_Capture]:
         docs = self.documents(req)
-        if docs is None:
+        if not self._captures_from(docs):
             return []
         out = []
         for s, e in docs.spans:

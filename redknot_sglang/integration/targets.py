@@ -22,8 +22,9 @@ import re
 from typing import Any, Callable
 
 from redknot_sglang.patches import compat
-from redknot_sglang.integration.hooks import (admission_placement, backend_name, cpu_rope, head_split, metrics,
-                                              preload, request_spans, server_args, stats, swa_admission)
+from redknot_sglang.integration.hooks import (admission_placement, backend_name, canonical_capture, cpu_rope,
+                                              head_split, metrics, preload, request_spans, server_args, stats,
+                                              swa_admission)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook(metrics.DECODE, metrics.report, "AFTER"),
     Hook(request_spans.TARGET, request_spans.validate_documents, "AFTER"),
     Hook(preload.TARGET, preload.launch_server, "AROUND"),
+    Hook(canonical_capture.TARGET, canonical_capture.tokenize_one_request, "AROUND"),
     Hook(swa_admission.INIT, swa_admission.reserve_running, "AFTER"),
     Hook(swa_admission.ADD, swa_admission.reserve_new, "AROUND"),
     Hook(admission_placement.ADD, admission_placement.place_documents, "AROUND"),

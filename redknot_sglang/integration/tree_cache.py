@@ -44,6 +44,6 @@ def create_tree_cache(ctx: Any) -> Any:
         model_key = f"{ctx.server_args.model_path}|{cfg.profile.model.model_dump_json()}"
         reuse = DocumentReuse(store, pool=pool, allocator=ctx.params.token_to_kv_pool_allocator,
                               req_to_token=ctx.params.req_to_token_pool.req_to_token, model_key=model_key,
-                              recompute_ratio=cfg.recompute_ratio)
+                              recompute_ratio=cfg.recompute_ratio, canonical=cfg.capture == "canonical")
         pool.document_reuse = reuse  # the attention backend's way to it
     return HeadSplitRadixCache(ctx.params, pool, sinks, reuse)

@@ -34,16 +34,18 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY
+from redknot_sglang.reuse.spans import CAPTURE_KEY, DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY
 
 
 @dataclasses.dataclass(frozen=True)
 class RequestDocuments:
     """A request's document marks as the scheduler receives them (validated by the HTTP server).
-    ``ratio``: selective recompute of that fraction of the placed tokens (0: place only)."""
+    ``ratio``: selective recompute of that fraction of the placed tokens (0: place only);
+    ``capture``: the request is a document's canonical capture request."""
 
     spans: tuple[tuple[int, int], ...]
     ratio: float = 0.0
+    capture: bool = False
 
     @property
     def selective(self) -> bool:
@@ -58,9 +60,10 @@ class RequestDocuments:
             return None
         flat = custom_params[DOCUMENTS_KEY]
         spans = tuple((int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2))
+        capture = custom_params.get(CAPTURE_KEY) is True
         if custom_params.get(RECOVERY_KEY) is False:
-            return cls(spans=spans, ratio=0.0)
-        return cls(spans=spans, ratio=float(custom_params.get(RATIO_KEY, default_ratio)))
+            return cls(spans=spans, ratio=0.0, capture=capture)
+        return cls(spans=spans, ratio=float(custom_params.get(RATIO_KEY, default_ratio)), capture=capture)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 DOCUMENTS_KEY = "redknot_documents"
 RECOVERY_KEY = "redknot_recovery"  # optional: true = selective at the server's ratio, false = place only
 RATIO_KEY = "redknot_recompute_ratio"  # optional: selective recompute's ratio (default: the server's flag)
+CAPTURE_KEY = "redknot_capture"  # set by capture requests (integration/hooks/canonical_capture.py)
 
 
 class SpanError(ValueError):

@@ -46,15 +46,18 @@ def assert_all_slots_back(s):
     assert s["full_protected"] == s["swa_protected"] == 0 and s["req_rows_free"] == s["req_rows_total"], s
 
 
-@pytest.fixture(scope="module")
-def server(smollm2, smollm2_fingerprint, tmp_path_factory):
+def server_args(smollm2_fingerprint, tmp_path_factory) -> tuple[str, ...]:
     path = tmp_path_factory.mktemp("reuse") / "profile.json"
     synthetic_profile(smollm2_fingerprint, global_ratio=0.15, window=64, sink=4, seed=1).save(path)
-    args = (*CPU_ARGS, *REDKNOT_ARGS, "--max-total-tokens", "8192", "--random-seed", "0",
+    return (*CPU_ARGS, *REDKNOT_ARGS, "--max-total-tokens", "8192", "--random-seed", "0",
             "--redknot-head-profile", str(path), "--redknot-window-pool-ratio", "0.5",
             "--chunked-prefill-size", "128",  # documents span chunks
             "--enable-metrics")
-    with Server(smollm2, args) as s:
+
+
+@pytest.fixture(scope="module")
+def server(smollm2, smollm2_fingerprint, tmp_path_factory):
+    with Server(smollm2, server_args(smollm2_fingerprint, tmp_path_factory)) as s:
         yield s
 
 
@@ -249,3 +252,26 @@ def test_flush_cache_empties_the_tree_and_the_document_store(server):
     s = server.redknot_stats()
     assert s["full_available"] == s["full_size"] and s["swa_available"] == s["swa_size"]
     assert s["documents"]["documents"] == 0 and s["documents"]["device_bytes"] == 0
+
+
+def test_canonical_capture_at_first_use_stores_what_a_preload_stores(smollm2, smollm2_fingerprint, tmp_path_factory):
+    # --redknot-capture canonical: the first request that marks D1 and D2 has them computed alone
+    # after the canonical prefix before it is scheduled, then places them (placed at first use); the
+    # store then holds what preloading them holds, so the same request answers the same after a
+    # preload. A document's capture is not repeated by later requests.
+    args = (*server_args(smollm2_fingerprint, tmp_path_factory), "--redknot-capture", "canonical")
+    with Server(smollm2, args) as s:
+        first = body([D1, D2], recovery=False)
+        before = s.redknot_stats()["documents"]
+        out, _ = generate(s, first)
+        after = s.redknot_stats()["documents"]
+        assert after["captured_documents"] == before["captured_documents"] + 2
+        assert after["placed_tokens"] == before["placed_tokens"] + len(D1) + len(D2)
+        generate(s, body([D2, D1, D3]))  # D3 is new (selective): captured alone as well
+        assert s.redknot_stats()["documents"]["captured_documents"] == after["captured_documents"] + 1
+        assert s.post("/flush_cache", {}).status_code == 200
+        r = s.post("/redknot/documents", {"documents": [{"input_ids": D1}, {"input_ids": D2}]})
+        assert r.status_code == 200, r.text
+        again, _ = generate(s, first)
+        assert again == out
+        assert_all_slots_back(s.redknot_stats())

@@ -6,14 +6,13 @@ Body::
 
     {"documents": [{"text": "..."} | {"input_ids": [...]}, ...], "cache_salt": "tenant-a"}
 
-Each document goes through the tokenizer manager as one request of its own: the canonical prefix
-(:func:`canonical_prefix`), then the document, marked, one new token. The scheduler captures it as
-it captures any marked document the first time a request computes it, so the store holds the
-document as computed after the canonical prefix, whatever request asks for it later (canonical
-capture), under the tenant namespace of ``cache_salt``; a document the store already holds is
-placed by its request and kept as stored. Bad documents (empty, longer than
-``--redknot-max-document-tokens`` or the context) are answered with HTTP 400 naming the first bad
-one; the documents before it stay stored, and other requests go on.
+Each document goes through the tokenizer manager as a capture request of its own
+(:func:`~redknot_sglang.integration.hooks.canonical_capture.capture`: the canonical prefix, then
+the document), so the store holds the document as computed after the canonical prefix, whatever
+request asks for it later (canonical capture), under the tenant namespace of ``cache_salt``; a
+document the store already holds is placed by its capture request and kept as stored. Bad
+documents (empty, longer than ``--redknot-max-document-tokens`` or the context) are answered with
+HTTP 400 naming the first bad one; the documents before it stay stored, and other requests go on.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from fastapi import Request
 from pydantic import BaseModel, Field
 
 from redknot_sglang.config import ATTR, BACKEND_NAME
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RECOVERY_KEY
+from redknot_sglang.integration.hooks.canonical_capture import capture
 
 TARGET = "sglang.srt.entrypoints.http_server.launch_server"
 ROUTE = "/redknot/documents"
@@ -43,20 +42,6 @@ class PreloadRequest(BaseModel):
     cache_salt: Optional[str] = None
 
 
-def canonical_prefix(tokenizer: Any) -> list[int]:
-    """The tokens every preloaded document is computed after: the chat template's opening of a user
-    turn (with the template's default system prompt), where prompts that carry documents usually
-    place them; without a chat template, the BOS token if the tokenizer has one."""
-    marker = "\x00redknot\x00"
-    template = getattr(tokenizer, "chat_template", None)
-    if template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
-        if marker in text:
-            return tokenizer.encode(text.split(marker)[0], add_special_tokens=False)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return [bos] if bos is not None else []
-
-
 def _refused(index: int, why: str, stored: list[dict]) -> Any:
     from fastapi.responses import ORJSONResponse
 
@@ -67,28 +52,23 @@ def _refused(index: int, why: str, stored: list[dict]) -> Any:
 async def preload(request: Request) -> Any:
     from fastapi.responses import ORJSONResponse
     from sglang.srt.entrypoints import http_server
-    from sglang.srt.managers.io_struct import GenerateReqInput
 
     try:
         body = PreloadRequest.model_validate(await request.json())
     except ValueError as e:  # malformed JSON or schema (pydantic's ValidationError is a ValueError)
         return ORJSONResponse({"error": {"message": f"redknot documents: {e}"}}, status_code=400)
     manager = http_server._global_state.tokenizer_manager
-    head = canonical_prefix(manager.tokenizer)
-    stored = []
+    stored, head_len = [], 0
     for i, doc in enumerate(body.documents):
         ids = doc.input_ids if isinstance(doc, TokenDocument) else manager.tokenizer.encode(doc.text, add_special_tokens=False)
         if not ids:
             return _refused(i, "empty document", stored)
-        params = {"temperature": 0, "max_new_tokens": 1,
-                  "custom_params": {DOCUMENTS_KEY: [[len(head), len(head) + len(ids)]], RECOVERY_KEY: False}}
-        obj = GenerateReqInput(input_ids=[*head, *ids], sampling_params=params, extra_key=body.cache_salt)
         try:
-            await manager.generate_request(obj, request).__anext__()
+            head_len = await capture(manager, ids, body.cache_salt, request)
         except ValueError as e:
             return _refused(i, str(e), stored)
         stored.append({"tokens": len(ids)})
-    return {"stored": stored, "canonical_prefix_tokens": len(head)}
+    return {"stored": stored, "canonical_prefix_tokens": head_len}
 
 
 def launch_server(original: Any, server_args: Any, *args: Any, **kwargs: Any) -> Any:

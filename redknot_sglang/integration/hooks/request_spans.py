@@ -4,7 +4,7 @@
 
 Valid marks are rewritten in place as flat token ranges ``[s0, e0, s1, e1, ...]`` (a list of
 integers, the shape ``custom_params`` values keep through SGLang's IPC) for the scheduler. The mode
-keys are checked here too: ``redknot_recovery`` a boolean, ``redknot_recompute_ratio`` in [0, 1],
+keys are checked here too: ``redknot_recovery`` (and ``redknot_capture``) a boolean, ``redknot_recompute_ratio`` in [0, 1],
 not both, and no selective recompute asked of a server whose ``--redknot-recompute-ratio`` is 0.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from redknot_sglang.config import ATTR, BACKEND_NAME
-from redknot_sglang.reuse.spans import DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY, SpanError, resolve_spans
+from redknot_sglang.reuse.spans import CAPTURE_KEY, DOCUMENTS_KEY, RATIO_KEY, RECOVERY_KEY, SpanError, resolve_spans
 
 TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 
@@ -28,8 +28,9 @@ def validate_documents(result: Any, manager: Any, obj: Any, input_ids: Any, *arg
         raise SpanError(f"{DOCUMENTS_KEY} needs a server started with --radix-cache-backend {BACKEND_NAME}")
     if input_ids is None:
         raise SpanError(f"{DOCUMENTS_KEY} needs a prompt (text or input_ids)")
-    if not isinstance(params.get(RECOVERY_KEY, True), bool):
-        raise SpanError(f"{RECOVERY_KEY} must be true or false, got {params[RECOVERY_KEY]!r:.40}")
+    for key in (RECOVERY_KEY, CAPTURE_KEY):
+        if not isinstance(params.get(key, True), bool):
+            raise SpanError(f"{key} must be true or false, got {params[key]!r:.40}")
     if RATIO_KEY in params:
         ratio = params[RATIO_KEY]
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
