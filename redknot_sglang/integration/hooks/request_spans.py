@@ -4,8 +4,9 @@
 
 Valid marks are rewritten in place as flat token ranges ``[s0, e0, s1, e1, ...]`` (a list of
 integers, the shape ``custom_params`` values keep through SGLang's IPC) for the scheduler. The mode
-keys are checked here too: ``redknot_recovery`` (and ``redknot_capture``) a boolean, ``redknot_recompute_ratio`` in [0, 1],
-not both, and no selective recompute asked of a server whose ``--redknot-recompute-ratio`` is 0.
+keys are checked here too: ``redknot_recovery`` and ``redknot_capture`` booleans,
+``redknot_recompute_ratio`` in [0, 1], not both ratio and recovery, and no selective recompute
+asked of a server whose ``--redknot-recompute-ratio`` is 0.
 """
 
 from __future__ import annotations
