@@ -128,8 +128,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="How a document that a request marks and the store lacks is stored: in-context (default) "
         "keeps the KV that request computes in its own context; canonical first computes it alone, "
         "after the canonical prefix (as POST /redknot/documents does), so the stored KV does not "
-        "depend on which request came first, and the request places it. Measured: "
-        "bench/results/fidelity_reuse.json.",
+        "depend on which request came first, and the request places it. In context answered better "
+        "(bench/results/fidelity_capture_cpu.json: agreement 0.937 vs 0.908 at R = 0.1).",
     )
     group.add_argument(
         "--redknot-chunk-window-checkpoints",
