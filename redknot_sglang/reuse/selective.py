@@ -27,6 +27,10 @@ tokens an importance signal picks, ``ratio`` of the placed tokens:
 * ``query`` (ProphetKV-like, query-aware): the question (the text after the last document) first
   runs over the placed KV; the tokens it attends to most (summed over layers and heads) are taken;
 * ``none``: no importance signal (boundary and unmarked text only; ratio ignored).
+
+``heads``: whether a recomputed document token's fresh K/V overwrite the placed K/V of every head
+(``all``, as the serving path does) or of the global heads only (``global``: local heads keep the
+placed K/V there, within the pass too).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from redknot_sglang.profile.lean import LeanCache
 from redknot_sglang.reuse.rope import RopeSpec, relocate_torch
 
 SELECTIONS = ("none", "deviation", "query")
+HEADS = ("all", "global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +57,11 @@ class Recompute:
     selection: str = "deviation"
     ratio: float = 0.1  # of the placed tokens, picked by the importance signal
     boundary: int = 8  # first tokens of every document
+    heads: str = "all"  # whose placed K/V a recomputed document token overwrites
 
     def __post_init__(self) -> None:
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection not in SELECTIONS or self.heads not in HEADS:
+            raise ValueError(f"selection in {SELECTIONS} and heads in {HEADS}, got {self.selection!r}, {self.heads!r}")
         if not 0 <= self.ratio <= 1 or self.boundary < 0:
             raise ValueError(f"ratio in [0, 1] and boundary >= 0, got {self.ratio}, {self.boundary}")
 
@@ -178,5 +184,28 @@ class SelectiveReuse:
             raise ValueError("the prompt must end with unmarked text (the question)")
         with self.pm.profile(self.profile):
             logits = self.pm.step(torch.tensor([[ids[i] for i in positions.tolist()]], device=dev), cache, 1,
-                                  positions=positions)
+                                  positions=positions, observe=self._keep_local(cache, spans, positions, how))
         return cache, logits[0, -1], len(positions)
+
+    def _keep_local(self, cache: LeanCache, spans: Sequence[tuple[int, int]], positions: torch.Tensor,
+                    how: Recompute):
+        """``observe`` for the recompute pass when only global heads are overwritten: each layer's
+        local heads get their placed K/V back at the recomputed document positions, after the
+        layer writes and before it attends (None: every head is overwritten)."""
+        if how.heads == "all" or self.profile is None:
+            return None
+        in_doc = torch.zeros(cache.k.shape[3], dtype=torch.bool, device=self.pm.device)
+        for a, b in spans:
+            in_doc[a:b] = True
+        docs = positions[in_doc[positions]]
+        placed_k, placed_v = cache.k[:, 0][..., docs, :].clone(), cache.v[:, 0][..., docs, :].clone()
+        local: dict[int, list[int]] = {}
+        for layer, head, _ in self.profile.local_heads():
+            local.setdefault(layer, []).append(head)
+
+        def observe(layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+            for h in local.get(layer, ()):
+                cache.k[layer, 0, h, docs] = placed_k[layer, h]
+                cache.v[layer, 0, h, docs] = placed_v[layer, h]
+
+        return observe

@@ -6,10 +6,11 @@ process): answer accuracy, teacher-forced top-1 agreement over the full prefill'
 and the fraction of prompt tokens recomputed. Documents are captured canonically (after the chat
 head all prompts start with) and reused at other offsets and orders; ``--capture in-context`` cuts
 each document's KV from the first question of another stream over the same documents that holds
-it (as today's serving path captures), for comparison.
+it (as today's serving path captures), for comparison. ``--heads all,global`` also measures
+recompute that overwrites only the global heads' placed K/V (local heads keep theirs).
 
     python scripts/bench/recompute_selection.py [--buckets 2k] [--per-bucket 16] [--profile PATH] \
-        [--capture canonical|in-context] [--device cuda]
+        [--capture canonical|in-context] [--selections deviation,query] [--heads all,global] [--device cuda]
 
 Writes bench/results/recompute_selection.json.
 """
@@ -35,12 +36,13 @@ from redknot_sglang.testing.models import smollm2_dir
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
-def modes(ratios: list[float], boundary: int) -> dict[str, Recompute | None]:
+def modes(ratios: list[float], boundary: int, selections: list[str], heads: list[str]) -> dict[str, Recompute | None]:
     out: dict[str, Recompute | None] = {"full prefill": None, "place only": Recompute("none", 0.0, 0),
                                          f"boundary {boundary}": Recompute("none", 0.0, boundary)}
-    for sel in ("deviation", "query"):
+    for sel in selections:
         for r in ratios:
-            out[f"{sel} {r:g}"] = Recompute(sel, r, boundary)
+            for h in heads:
+                out[f"{sel} {r:g}" + ("" if h == "all" else f" {h}")] = Recompute(sel, r, boundary, h)
     return out
 
 
@@ -53,6 +55,9 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="head profile (default: dense)")
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--capture", choices=("canonical", "in-context"), default="canonical")
+    ap.add_argument("--selections", type=lambda s: s.split(","), default=["deviation", "query"])
+    ap.add_argument("--heads", type=lambda s: s.split(","), default=["all"],
+                    help="all, global: whose placed K/V recomputed document tokens overwrite (global needs --profile)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "recompute_selection.json")
     args = ap.parse_args()
@@ -69,7 +74,7 @@ def main() -> None:
                 donors.setdefault(tuple(d.ids[a:b]), (d.ids, (a, b)))
     reuse = SelectiveReuse(pm, profile, head, donors)
     eos = eos_ids(pm)
-    sets = modes(args.ratios, args.boundary)
+    sets = modes(args.ratios, args.boundary, args.selections, args.heads)
     table = {name: {"correct": 0, "agree": 0, "total": 0, "recomputed": 0, "prompt": 0, "seconds": 0.0}
              for name in sets}
     for q in tqdm(questions, desc="questions"):

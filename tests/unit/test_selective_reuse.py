@@ -71,3 +71,25 @@ def test_recompute_set_has_unmarked_text_boundaries_and_the_ratio(reuse, selecti
     boundary = {i for a, b in q.doc_spans for i in range(a, a + 4)}
     assert set(range(len(q.ids))) - in_doc <= got and boundary <= got
     assert len(got & in_doc) == len(boundary) + round(0.1 * len(in_doc))
+
+
+def test_recompute_of_global_heads_only_keeps_the_local_heads_placed_kv(reuse):
+    from redknot_sglang.heads.profile import HeadProfile
+
+    sel, q = reuse
+    profile = HeadProfile.load("smollm2-135m-instruct")
+    ours = SelectiveReuse(sel.pm, profile, sel.canonical)
+    placed = ours.place(q.ids, q.doc_spans, len(q.ids))
+    how = Recompute("none", 0.0, boundary=4, heads="global")
+    cache, _, _ = ours.prefill(q.ids, q.doc_spans, how, len(q.ids))
+    every, _, _ = ours.prefill(q.ids, q.doc_spans, Recompute("none", 0.0, boundary=4), len(q.ids))
+    docs = [a + i for a, _ in q.doc_spans for i in range(4)]  # the recomputed document positions
+    local = [(layer, h) for layer, h, _ in profile.local_heads() if layer > 0]
+    glob = [(layer, h) for layer, row in enumerate(profile.heads) for h, spec in enumerate(row) if spec.is_global]
+    for layer, h in local:
+        torch.testing.assert_close(cache.k[layer, 0, h, docs], placed.k[layer, 0, h, docs])
+    # every head overwritten: the local heads' K/V there are fresh (computed in this prompt's context)
+    assert max((every.k[layer, 0, h, docs] - placed.k[layer, 0, h, docs]).abs().max() for layer, h in local) > 1e-2
+    # the global heads are overwritten (past layer 0, whose K/V do not depend on context)
+    assert max((cache.k[layer, 0, h, docs] - placed.k[layer, 0, h, docs]).abs().max() for layer, h in glob
+               if layer > 0) > 1e-2
