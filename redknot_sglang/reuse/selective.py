@@ -144,15 +144,21 @@ class SelectiveReuse:
                          positions=unmarked, observe=observe)
         return mass
 
+    def _in_documents(self, spans: Sequence[tuple[int, int]], n: int) -> torch.Tensor:
+        """``[n]`` bool: which positions lie in a document."""
+        mask = torch.zeros(n, dtype=torch.bool, device=self.pm.device)
+        for a, b in spans:
+            mask[a:b] = True
+        return mask
+
     def recompute_set(self, ids: Sequence[int], spans: Sequence[tuple[int, int]], placed: LeanCache,
                       how: Recompute) -> torch.Tensor:
         """Sorted positions to recompute: unmarked text, each document's first ``boundary`` tokens,
         and ``ratio`` of the placed tokens by the importance signal."""
         n, dev = len(ids), self.pm.device
-        in_doc = torch.zeros(n, dtype=torch.bool, device=dev)
+        in_doc = self._in_documents(spans, n)
         chosen = torch.zeros(n, dtype=torch.bool, device=dev)
         for a, b in spans:
-            in_doc[a:b] = True
             chosen[a:min(b, a + how.boundary)] = True
         chosen |= ~in_doc
         k = round(how.ratio * int(in_doc.sum()))
@@ -194,10 +200,7 @@ class SelectiveReuse:
         layer writes and before it attends (None: every head is overwritten)."""
         if how.heads == "all" or self.profile is None:
             return None
-        in_doc = torch.zeros(cache.k.shape[3], dtype=torch.bool, device=self.pm.device)
-        for a, b in spans:
-            in_doc[a:b] = True
-        docs = positions[in_doc[positions]]
+        docs = positions[self._in_documents(spans, cache.k.shape[3])[positions]]
         placed_k, placed_v = cache.k[:, 0][..., docs, :].clone(), cache.v[:, 0][..., docs, :].clone()
         local: dict[int, list[int]] = {}
         for layer, head, _ in self.profile.local_heads():
